@@ -39,7 +39,8 @@ __all__ = [
     "download_mnist", "load_mnist", "pixel_stats", "normalize", "add_bias", "one_hot", "Split",
     "Dataset", "prepare_data", "ACTIVATIONS", "MLP", "softmax", "cross_entropy", "SGD", "RunConfig",
     "History", "train", "run_experiments", "evaluate", "gradient_check", "count_parameters",
-    "equal_width_for_budget", "results_table", "summary_table", "Table", "smoke_mode",
+    "equal_width_for_budget", "results_table", "summary_table", "final_table", "Table", "smoke_mode",
+    "setup_notebook", "describe",
     "plot_loss", "plot_accuracy", "plot_grad_norms", "smooth",
 ]
 
@@ -109,11 +110,11 @@ def parse_idx(raw: bytes, *, magic: int, count: int | None = None, name: str = "
     if ndim is None:
         raise ValueError(f"magic must be 2051 (images) or 2049 (labels), got {magic}")
     header_len = 4 + 4 * ndim
+    found_magic = int.from_bytes(raw[0:4], "big") if len(raw) >= 4 else None
+    if found_magic is not None and found_magic != magic:
+        raise fail(f"wrong magic number {found_magic} (expected {magic})")
     if len(raw) < header_len:
         raise fail(f"only {len(raw)} bytes, shorter than the {header_len}-byte IDX header")
-    found_magic = int.from_bytes(raw[0:4], "big")
-    if found_magic != magic:
-        raise fail(f"wrong magic number {found_magic} (expected {magic})")
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     if count is not None and dims[0] != count:
         raise fail(f"wrong count {dims[0]} (expected {count})")
@@ -880,8 +881,9 @@ def gradient_check(model: MLP, X: np.ndarray, Y: np.ndarray, epsilon: float = 1e
     """Largest |analytic - numerical| gradient over every weight of `model`, the numerical one from
     central differences (C(w + eps) - C(w - eps)) / (2 eps) of the mean cross-entropy on (X, Y).
 
-    Perturbing W[l][i, j] changes only column j of layer l's pre-activation, by eps * a_{l-1}[:, i];
-    so all fan_in perturbations of one column are evaluated as one batch through the layers above.
+    Perturbing W[l][i, j] changes only column j of layer l's pre-activation, by eps * a_{l-1}[:, i],
+    so all fan_in perturbations of one column are evaluated as one batch through the layers above
+    (every loss is still a full forward evaluation, only shared parts are reused).
     Use a float64 model: the check needs the precision.
     """
     X = model.check_inputs(X)
@@ -893,21 +895,27 @@ def gradient_check(model: MLP, X: np.ndarray, Y: np.ndarray, epsilon: float = 1e
     labels = Y.argmax(axis=1)
     analytic = model.backward(model.forward(X), Y)
     acts = model._activations
-    n, L = X.shape[0], len(model.weights)
+    n, L, W = X.shape[0], len(model.weights), model.weights
     worst = 0.0
     for l in range(L):
-        a_in = acts[l]                      # (N, fan_in)
-        z = a_in @ model.weights[l]         # (N, fan_out)
+        a_in = acts[l]               # (N, fan_in): the input of W[l]
+        z = a_in @ W[l]              # (N, fan_out): the pre-activation that W[l][i, j] feeds
         fan_in = a_in.shape[1]
+        above = model._f(z.copy()) @ W[l + 1] if l < L - 1 else None  # (N, fan_out of W[l+1])
         for j in range(z.shape[1]):
             losses = []
             for sign in (1, -1):
-                zs = np.broadcast_to(z, (fan_in,) + z.shape).copy()   # (fan_in, N, fan_out)
-                zs[:, :, j] += sign * epsilon * a_in.T                 # perturb W[l][i, j] for every i
-                h = zs.reshape(fan_in * n, -1)
-                for k in range(l, L - 1):
-                    h = model._f(h) @ model.weights[k + 1]
-                logp = _log_softmax(h).reshape(fan_in, n, -1)
+                zj = z[:, j][None, :] + sign * epsilon * a_in.T          # (fan_in, N): column j, every i
+                if l == L - 1:
+                    h = np.broadcast_to(z, (fan_in,) + z.shape).copy()   # (fan_in, N, 10) logits
+                    h[:, :, j] = zj
+                else:
+                    # only unit j's output changes, so the next pre-activation moves along W[l+1][j]
+                    change = model._f(zj) - model._f(z[:, j].copy())[None, :]
+                    h = above[None] + change[:, :, None] * W[l + 1][j][None, None, :]
+                    for k in range(l + 2, L):
+                        h = model._f(h) @ W[k]
+                logp = _log_softmax(h.reshape(fan_in * n, -1)).reshape(fan_in, n, -1)
                 losses.append(-logp[:, np.arange(n), labels].mean(axis=1))  # (fan_in,)
             numeric = (losses[0] - losses[1]) / (2 * epsilon)
             worst = max(worst, float(np.abs(numeric - analytic[l][:, j]).max()))
@@ -971,6 +979,39 @@ def summary_table(histories: Sequence[History], *, label: str = "run") -> "pd.Da
     return out
 
 
+def _mean_std(values: Sequence[float], fmt: str) -> str:
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 1:
+        return format(v[0], fmt)
+    return f"{format(v.mean(), fmt)} ± {format(v.std(ddof=1), fmt)}"
+
+
+def final_table(histories: Sequence[History], *, label: str = "network", names: dict[str, str] | None = None,
+                extra: bool = True) -> "pd.DataFrame":
+    """The report's table: one row per configuration label (runs of several seeds pooled, in
+    first-seen order) with 'mean ± std' strings (the plain value for a single seed): final
+    training/validation loss and accuracy (%), and with `extra` the best validation loss and its
+    step, the number of steps taken and the time per epoch. `names` relabels rows."""
+    import pandas as pd
+    groups: dict[str, list[History]] = {}
+    for h in histories:
+        groups.setdefault(h.config.label, []).append(h)
+    rows = []
+    for key, runs in groups.items():
+        f = lambda k: [r.final.get(k, math.nan) for r in runs]  # noqa: E731
+        row = {label: (names or {}).get(key, key), "seeds": len(runs),
+               "train loss": _mean_std(f("train_loss"), ".4f"), "val loss": _mean_std(f("val_loss"), ".4f"),
+               "train acc (%)": _mean_std(np.multiply(f("train_acc"), 100), ".2f"),
+               "val acc (%)": _mean_std(np.multiply(f("val_acc"), 100), ".2f")}
+        if extra:
+            row.update({"best val loss": _mean_std([r.best_val_loss for r in runs], ".4f"),
+                        "at step": _mean_std([r.best_step for r in runs], ",.0f"),
+                        "steps": _mean_std([r.steps for r in runs], ",.0f"),
+                        "s / epoch": _mean_std([r.time_per_epoch for r in runs], ".2f")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 class Table:
     """A DataFrame with a numbered caption that renders as a real table in HTML and in LaTeX (the
     PDF report), with per-column number formats. Display it as the last line of a cell."""
@@ -1006,19 +1047,21 @@ class Table:
 
     def _repr_latex_(self) -> str:
         def esc(s: str) -> str:
-            for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"),
-                         ("_", r"\_"), ("{", r"\{"), ("}", r"\}"), ("±", r"$\pm$"), ("~", r"\textasciitilde{}")):
-                s = s.replace(a, b) if a != "\\" else s.replace(a, "\x00")
+            s = s.replace("\\", "\x00")
+            for a, b in (("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"), ("{", r"\{"),
+                         ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\textasciicircum{}"), ("±", r"$\pm$")):
+                s = s.replace(a, b)
             return s.replace("\x00", r"\textbackslash{}")
         header, body = self._cells()
         spec = "l" + "r" * (len(header) - 1)
-        lines = [r"\begin{table}[H]", r"\centering", r"\small"]
+        # No \caption: nbconvert's template blanks captions; the numbered caption is set by hand.
+        lines = [r"\begin{table}[H]", r"\centering"]
         if self.caption:
-            lines.append(r"\caption*{" + esc(self.caption) + "}")
-        lines += [r"\begin{tabular}{" + spec + "}", r"\toprule", " & ".join(esc(h) for h in header) + r" \\",
-                  r"\midrule"]
+            lines.append(r"\parbox{0.95\linewidth}{\centering\small " + esc(self.caption) + r"}\par\vspace{0.5em}")
+        lines += [r"\begin{adjustbox}{max width=\linewidth}", r"\begin{tabular}{" + spec + "}", r"\toprule",
+                  " & ".join(r"\textbf{" + esc(h) + "}" for h in header) + r" \\", r"\midrule"]
         lines += [" & ".join(esc(c) for c in r) + r" \\" for r in body]
-        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{adjustbox}", r"\end{table}"]
         return "\n".join(lines)
 
     def __repr__(self) -> str:

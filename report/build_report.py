@@ -1,0 +1,162 @@
+"""Build the report: execute every task notebook headless, then export one PDF and one HTML.
+
+    python report/build_report.py            # full protocol (what `make report` runs)
+    MLP_SMOKE=1 python report/build_report.py  # quick smoke build (tests)
+
+The task notebooks (notebooks/task*.ipynb, in name order) are executed with nbclient in
+notebooks/, saved to report/build/executed/, merged into one notebook with a title block, and
+exported with code hidden: report/report.pdf through nbconvert's LaTeX route (xelatex) with the
+template in report/templates/mlp_report, and report/report.html. Progress bars are switched off
+and stderr output is dropped so that no widget or progress residue reaches the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import os
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+REPORT = REPO / "report"
+BUILD = REPORT / "build"
+TEMPLATES = REPORT / "templates"
+
+TITLE = "Multi Layer Networks"
+SUBTITLE = "Assignment 2: a multi-layer perceptron for MNIST, from scratch in numpy"
+COURSE = "TDT4265 Computer Vision and Deep Learning"
+DROPPED_MIME = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
+
+
+def task_notebooks(pattern: str = "task*.ipynb") -> list[Path]:
+    found = sorted(NOTEBOOKS.glob(pattern))
+    if not found:
+        raise SystemExit(f"no notebooks match {NOTEBOOKS / pattern}")
+    return found
+
+
+def execute(path: Path, out_dir: Path) -> nbformat.NotebookNode:
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=None, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        nbformat.write(nb, out_dir / path.name)
+        raise SystemExit(f"{path.name} failed while executing (partial output in "
+                         f"{out_dir / path.name}):\n{exc}") from None
+    nbformat.write(nb, out_dir / path.name)
+    return nb
+
+
+def clean_outputs(cell: nbformat.NotebookNode) -> None:
+    """Keep only what a reader should see: no stderr, no widget views, no empty outputs."""
+    kept = []
+    for out in cell.get("outputs", []):
+        if out.get("output_type") == "stream" and out.get("name") == "stderr":
+            continue
+        if out.get("output_type") in ("display_data", "execute_result"):
+            for mime in DROPPED_MIME:
+                out.get("data", {}).pop(mime, None)
+            if not out.get("data"):
+                continue
+            # a widget's text/plain fallback ("IntProgress(...)", "HBox(...)") is residue too
+            if set(out["data"]) == {"text/plain"} and out["data"]["text/plain"].startswith(
+                    ("HBox(", "VBox(", "IntProgress(", "FloatProgress(", "Output(")):
+                continue
+        kept.append(out)
+    cell["outputs"] = kept
+
+
+def merge(notebooks: list[nbformat.NotebookNode], smoke: bool) -> nbformat.NotebookNode:
+    merged = nbformat.v4.new_notebook()
+    built = dt.datetime.now(dt.timezone.utc).strftime("%d %B %Y, %H:%M UTC")
+    note = f"Built {built}"
+    if smoke:
+        note += " (SMOKE BUILD: tiny training runs, the numbers are not the protocol's)"
+    merged.metadata.update(title=TITLE, subtitle=SUBTITLE, course=COURSE, build_note=note,
+                           kernelspec=notebooks[0].metadata.get("kernelspec", {}),
+                           language_info=notebooks[0].metadata.get("language_info", {}))
+    for k, nb in enumerate(notebooks):
+        for i, cell in enumerate(nb.cells):
+            cell = copy.deepcopy(cell)
+            if "remove-cell" in cell.get("metadata", {}).get("tags", []):
+                continue
+            if cell.cell_type == "code":
+                clean_outputs(cell)
+                if not cell.outputs:
+                    continue
+            cell["id"] = f"nb{k}-cell{i}"
+            merged.cells.append(cell)
+    return merged
+
+
+def export_pdf(nb: nbformat.NotebookNode, target: Path) -> None:
+    from nbconvert import LatexExporter, PDFExporter
+    opts = dict(template_name="mlp_report", extra_template_basedirs=[str(TEMPLATES)], exclude_input=True,
+                exclude_input_prompt=True, exclude_output_prompt=True)
+    latex, _ = LatexExporter(**opts).from_notebook_node(nb)
+    (BUILD / "report.tex").write_text(latex)  # for inspection; the PDF is built from the same nb
+    exporter = PDFExporter(**opts)
+    exporter.verbose = False
+    pdf, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "report"}})
+    target.write_bytes(pdf)
+
+
+def export_html(nb: nbformat.NotebookNode, target: Path) -> None:
+    from nbconvert import HTMLExporter
+    nb = copy.deepcopy(nb)
+    md = nb.metadata
+    title = nbformat.v4.new_markdown_cell(
+        f"# {md['title']}\n\n**{md['subtitle']}**  \n{md['course']}  \n*{md['build_note']}*")
+    nb.cells.insert(0, title)
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True, embed_images=True)
+    html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": md["title"]}})
+    target.write_text(html)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pattern", default="task*.ipynb", help="which notebooks to execute (glob in notebooks/)")
+    parser.add_argument("--out", default=str(REPORT), help="folder for report.pdf and report.html")
+    args = parser.parse_args(argv)
+
+    for var in ("MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
+        if os.environ.get(var):
+            Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
+    smoke = os.environ.get("MLP_SMOKE", "").strip().lower() in ("1", "true", "yes", "on")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for people, not for the report
+    os.environ["MLP_REPORT"] = "1"
+    executed_dir = BUILD / "executed"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    t_start = time.perf_counter()
+    executed = []
+    for path in task_notebooks(args.pattern):
+        t0 = time.perf_counter()
+        executed.append(execute(path, executed_dir))
+        print(f"executed {path.name:40s} {time.perf_counter() - t0:7.1f} s", flush=True)
+    merged = merge(executed, smoke)
+    nbformat.write(merged, BUILD / "report.ipynb")
+    t0 = time.perf_counter()
+    export_pdf(merged, out / "report.pdf")
+    print(f"exported {out / 'report.pdf'} in {time.perf_counter() - t0:.1f} s", flush=True)
+    export_html(merged, out / "report.html")
+    print(f"exported {out / 'report.html'}", flush=True)
+    print(f"report built in {time.perf_counter() - t_start:.1f} s{' (smoke mode)' if smoke else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""The network, its numerics, the optimiser and the argument checks."""
+import warnings
+
+import numpy as np
+import pytest
+
+import mlp_core as mlp
+
+
+@pytest.fixture
+def no_fp_warnings():
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        yield
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e3, 1e8, 1e30, 1e300])
+def test_softmax_and_cross_entropy_are_stable_at_extreme_logits(scale, no_fp_warnings):
+    logits = np.array([[1.0, -1.0, 0.5], [-1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]) * scale
+    p = mlp.softmax(logits)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1.0)
+    right = mlp.cross_entropy(logits, np.array([0, 1, 2]))
+    wrong = mlp.cross_entropy(logits, np.array([1, 0, 0]))
+    assert np.isfinite(right) and np.isfinite(wrong)
+    if scale >= 1e8:  # a hopelessly wrong confident prediction costs about the logit gap, not inf
+        assert wrong == pytest.approx((2 * scale + 2 * scale + np.log(3)) / 3, rel=1e-6)
+        assert right == pytest.approx(np.log(3) / 3, rel=1e-6)
+
+
+def test_cross_entropy_matches_the_definition():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(5, 10)), rng.integers(0, 10, 5)
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert mlp.cross_entropy(logits, labels) == pytest.approx(-np.log(p[np.arange(5), labels]).mean())
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "improved_sigmoid"])
+def test_activations_and_slopes(activation, no_fp_warnings):
+    f, slope = mlp.ACTIVATIONS[activation]
+    z = np.array([-1e4, -30.0, -1.0, 0.0, 0.5, 30.0, 1e4])
+    a = f(z.copy())
+    expected = 1 / (1 + np.exp(-z.clip(-500, 500))) if activation == "sigmoid" else 1.7159 * np.tanh(2 * z / 3)
+    np.testing.assert_allclose(a, expected, rtol=1e-12, atol=1e-15)
+    zz = np.linspace(-4, 4, 41)
+    numeric = (f(zz + 1e-6) - f(zz - 1e-6)) / 2e-6
+    np.testing.assert_allclose(slope(f(zz.copy())), numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_improved_sigmoid_slope_at_zero():
+    _, slope = mlp.ACTIVATIONS["improved_sigmoid"]
+    assert slope(np.array(0.0)) == pytest.approx(1.7159 * 2 / 3)
+
+
+def test_forward_shapes_and_probabilities():
+    model = mlp.MLP([60, 60, 10], rng=0)
+    X = np.random.default_rng(1).normal(size=(7, 785)).astype(np.float32)
+    y_hat = model.forward(X)
+    assert y_hat.shape == (7, 10) and y_hat.dtype == np.float32
+    np.testing.assert_allclose(y_hat.sum(1), 1, rtol=1e-5)
+    assert [w.shape for w in model.weights] == [(785, 60), (60, 60), (60, 10)]
+    assert model.n_parameters == 785 * 60 + 60 * 60 + 600
+
+
+@pytest.mark.parametrize("init, expected_std", [("uniform", 1 / np.sqrt(3)), ("fan_in", None)])
+def test_initialisation(init, expected_std):
+    model = mlp.MLP([64, 64, 10], init=init, rng=3, dtype="float64")
+    for w in model.weights:
+        std = expected_std if expected_std is not None else 1 / np.sqrt(w.shape[0])
+        assert w.std() == pytest.approx(std, rel=0.1)
+        if init == "uniform":
+            assert w.min() >= -1 and w.max() <= 1
+
+
+@pytest.mark.parametrize("layers", [[64, 10], [64, 64, 10]])
+@pytest.mark.parametrize("activation", ["sigmoid", "improved_sigmoid"])
+def test_gradient_check_within_epsilon_squared(layers, activation, small_data):
+    model = mlp.MLP(layers, activation=activation, init="uniform", dtype="float64", rng=2022)
+    X, Y = small_data.train.X[:100].astype(np.float64), small_data.train.Y[:100].astype(np.float64)
+    error = mlp.gradient_check(model, X, Y, epsilon=1e-3)
+    assert 0 < error < 1e-3 ** 2
+
+
+def test_gradient_check_detects_a_wrong_gradient(small_data):
+    model = mlp.MLP([16, 10], dtype="float64", rng=0)
+    X, Y = small_data.train.X[:20].astype(np.float64), small_data.train.Y[:20].astype(np.float64)
+    model.backward = lambda y_hat, Y, _orig=model.backward: [g * 1.01 for g in _orig(y_hat, Y)]
+    assert mlp.gradient_check(model, X, Y) > 1e-6
+
+
+def test_train_step_equals_forward_backward(small_data):
+    """The in-place training step computes exactly the gradients of MLP.forward/backward."""
+    for activation in ("sigmoid", "improved_sigmoid"):
+        model = mlp.MLP([32, 16, 10], activation=activation, dtype="float64", rng=5)
+        X, Y, labels = (small_data.train.X[:32].astype(np.float64), small_data.train.Y[:32].astype(np.float64),
+                        small_data.train.labels[:32])
+        expected = model.backward(model.forward(X), Y)
+        buf = mlp._TrainBuffers(model, 32)
+        buf.acts[0][...] = X
+        loss = mlp._train_step(model, buf, Y, labels)
+        assert loss == pytest.approx(model.loss(X, labels), rel=1e-12)
+        for g, e in zip(buf.grads, expected):
+            np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-14)
+
+
+def test_momentum_update_worked_by_hand():
+    w = [np.array([1.0, -2.0])]
+    sgd = mlp.SGD(learning_rate=0.1, momentum=0.9)
+    sgd.step(w, [np.array([2.0, 1.0])])     # dW(0) = g = [2, 1];          w = [1, -2] - 0.1 [2, 1]
+    np.testing.assert_allclose(w[0], [0.8, -2.1])
+    sgd.step(w, [np.array([1.0, -1.0])])    # dW(1) = [1, -1] + 0.9 [2, 1] = [2.8, -0.1]
+    np.testing.assert_allclose(w[0], [0.8 - 0.28, -2.1 + 0.01])
+    plain = [np.array([1.0])]
+    mlp.SGD(0.5).step(plain, [np.array([4.0])])
+    np.testing.assert_allclose(plain[0], [-1.0])
+
+
+def test_parameter_counts():
+    assert mlp.count_parameters([64, 10]) == 50_880
+    assert mlp.count_parameters([64, 10], output_bias=True) == 50_890
+    assert mlp.count_parameters([60, 60, 10]) == 51_300
+    assert mlp.count_parameters([59, 59, 10]) == 50_386
+    assert mlp.count_parameters([64] * 10 + [10]) == 785 * 64 + 9 * 64 * 64 + 640
+
+
+def test_equal_width_for_budget():
+    assert mlp.equal_width_for_budget(50_880, n_hidden=2) == (60, 51_300)
+    assert mlp.equal_width_for_budget(50_880, n_hidden=1) == (64, 50_880)
+    with pytest.raises(ValueError, match="budget"):
+        mlp.equal_width_for_budget(0)
+
+
+# ---- Bad arguments name the argument and the value ---------------------------------------------
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(layer_sizes=[]), "layer_sizes must be a non-empty list"),
+    (dict(layer_sizes=[0, 10]), "layer_sizes must hold positive integers, got 0"),
+    (dict(layer_sizes=[-5, 10]), "got -5"),
+    (dict(layer_sizes=[64.5, 10]), "got 64.5"),
+    (dict(layer_sizes=[64, 7]), "must be 10, got \\[64, 7\\]"),
+    (dict(activation="relu"), "activation must be one of .* got 'relu'"),
+    (dict(init="xavier"), "init must be one of .* got 'xavier'"),
+    (dict(dtype="float16"), "dtype must be float32 or float64"),
+])
+def test_model_argument_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mlp.MLP(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(learning_rate=0), "learning_rate must be a finite number > 0, got 0"),
+    (dict(learning_rate=-1), "learning_rate must be a finite number > 0, got -1"),
+    (dict(learning_rate=float("nan")), "learning_rate .* got nan"),
+    (dict(momentum=1.0), "momentum must be in \\[0, 1\\), got 1.0"),
+    (dict(momentum=-0.1), "momentum must be in \\[0, 1\\), got -0.1"),
+    (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
+    (dict(max_epochs=-1), "max_epochs must be a positive integer, got -1"),
+    (dict(patience=0), "patience must be a positive integer, got 0"),
+    (dict(n_train=100, batch_size=128), "batch_size \\(128\\) must not exceed n_train \\(100\\)"),
+    (dict(seed=-1), "seed must be a non-negative integer, got -1"),
+    (dict(dtype="int8"), "dtype must be one of"),
+    (dict(layer_sizes=()), "layer_sizes must be a non-empty list"),
+])
+def test_config_argument_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        mlp.RunConfig(**kwargs)
+
+
+def test_input_errors():
+    model = mlp.MLP([8, 10], rng=0)
+    with pytest.raises(ValueError, match=r"X must have shape \(N, 785\).*got \(3, 784\)"):
+        model.forward(np.zeros((3, 784), np.float32))
+    with pytest.raises(ValueError, match="X must have shape"):
+        model.forward(np.zeros(785, np.float32))
+    with pytest.raises(ValueError, match="X must be a floating-point array .* got dtype uint8"):
+        model.forward(np.zeros((3, 785), np.uint8))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\], got values from 0 to 10"):
+        model.check_inputs(np.zeros((2, 785), np.float32), np.array([0, 10]))
+    with pytest.raises(ValueError, match="labels must be an integer array of shape"):
+        model.check_inputs(np.zeros((2, 785), np.float32), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="Y must be one-hot of shape"):
+        model.backward(model.forward(np.zeros((2, 785), np.float32)), np.zeros((2, 9)))
