@@ -20,6 +20,7 @@ import functools
 import gzip
 import hashlib
 import math
+import numbers
 import os
 import shutil
 import tempfile
@@ -477,6 +478,7 @@ class MLP:
         if not self._activations:
             raise RuntimeError("backward() needs a forward() call first")
         n = y_hat.shape[0]
+        Y = np.asarray(Y, dtype=self.dtype)
         if Y.shape != y_hat.shape:
             raise ValueError(f"Y must be one-hot of shape {y_hat.shape}, got {Y.shape}")
         # Softmax and cross-entropy fused: dC/dz_L = (y_hat - y) / N, no Jacobian of softmax needed.
@@ -566,9 +568,10 @@ class SGD:
     dW(t) = dC/dW + gamma * dW(t-1);  W <- W - lr * dW(t);  dW(-1) = 0."""
 
     def __init__(self, learning_rate: float, momentum: float = 0.0):
-        if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate) and learning_rate > 0):
+        real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool)  # noqa: E731
+        if not (real(learning_rate) and math.isfinite(learning_rate) and learning_rate > 0):
             raise ValueError(f"learning_rate must be a finite number > 0, got {learning_rate!r}")
-        if not (isinstance(momentum, (int, float)) and 0 <= momentum < 1):
+        if not (real(momentum) and 0 <= momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         self.learning_rate = float(learning_rate)
         self.momentum = float(momentum)
@@ -761,7 +764,8 @@ def train(config: RunConfig = RunConfig(), data: Dataset | None = None, *, progr
     step = 0
     hist.stop_reason = "max_epochs"
     try:
-        with _blas_limit(blas_threads):
+        # a diverging run is detected from its loss below and explained in one warning
+        with _blas_limit(blas_threads), np.errstate(over="ignore", invalid="ignore"):
             for epoch in range(config.max_epochs):
                 t0 = time.perf_counter()
                 perm = shuffle_rng.permutation(config.n_train)
@@ -849,22 +853,58 @@ def _run_quiet(config: RunConfig) -> History:
     return train(config, progress=False)
 
 
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
+def _cache_file(config: RunConfig) -> Path | None:
+    """Where a finished run of `config` is kept when $MLP_RUN_CACHE names a folder (the report build
+    sets it so that a network trained in one notebook is not trained again in the next). The key
+    covers the whole configuration and this module's source, so a code change never reuses a run."""
+    root = os.environ.get("MLP_RUN_CACHE")
+    if not root:
+        return None
+    key = hashlib.sha256((repr(config) + _code_digest()).encode()).hexdigest()[:32]
+    return Path(root) / f"run-{key}.pkl"
+
+
 def run_experiments(configs: Sequence[RunConfig], *, n_jobs: int | None = None, backend: str | None = None,
                     progress: bool = False) -> list[History]:
     """Train every configuration, in parallel worker processes (one per core by default), and return
     the histories in the order given. Each run is single-threaded and seeded by its config, so the
     results equal those of a serial run. Uses joblib: inside `joblib.parallel_config(backend="dask")`
-    the same sweep runs on a Dask cluster. `n_jobs=1` runs serially in this process."""
+    the same sweep runs on a Dask cluster. `n_jobs=1` runs serially in this process. Runs found in
+    the $MLP_RUN_CACHE folder are loaded instead of trained again."""
+    import pickle
     configs = list(configs)
     for c in configs:
         if not isinstance(c, RunConfig):
             raise ValueError(f"configs must be RunConfig objects, got {type(c).__name__}")
+    results: dict[RunConfig, History] = {}
+    for c in configs:
+        path = _cache_file(c)
+        if path is not None and path.exists():
+            with open(path, "rb") as fh:
+                results[c] = pickle.load(fh)
+    todo = list(dict.fromkeys(c for c in configs if c not in results))  # unique, in order
     if n_jobs is None:
-        n_jobs = min(len(configs), os.cpu_count() or 1)
-    if n_jobs == 1 or len(configs) <= 1:
-        return [train(c, progress=progress) for c in configs]
-    from joblib import Parallel, delayed
-    return Parallel(n_jobs=n_jobs, backend=backend)(delayed(_run_quiet)(c) for c in configs)
+        n_jobs = min(len(todo), os.cpu_count() or 1) or 1
+    if n_jobs == 1 or len(todo) <= 1:
+        done = [train(c, progress=progress) for c in todo]
+    else:
+        from joblib import Parallel, delayed
+        done = Parallel(n_jobs=n_jobs, backend=backend)(delayed(_run_quiet)(c) for c in todo)
+    for c, h in zip(todo, done):
+        results[c] = h
+        path = _cache_file(c)
+        if path is not None and h.stop_reason not in ("interrupted", "stopped"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            with open(tmp, "wb") as fh:
+                pickle.dump(h, fh)
+            os.replace(tmp, path)
+    return [results[c] for c in configs]
 
 
 def smoke_mode() -> bool:

@@ -191,7 +191,7 @@ class Explorer:
         self.stop_button.on_click(lambda _: self.stop())
 
         # Live view
-        self.plot = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="980px",
+        self.plot = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="924px",
                                                                           height="auto"))
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="98%"))
         self.status = widgets.HTML("Set up a network on the left and press <b>Train</b>.",
@@ -470,7 +470,7 @@ class Explorer:
             shown = [h for h in self.histories if _run_id(h) in chosen]
             if self._live is not None:
                 shown.append(self._live)
-            fig = Figure(figsize=(9.6, 3.5), dpi=110, layout="constrained")
+            fig = Figure(figsize=(8.4, 3.2), dpi=110, layout="constrained")
             FigureCanvasAgg(fig)
             ax_loss, ax_acc = fig.subplots(1, 2)
             handles = []

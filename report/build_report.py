@@ -16,6 +16,7 @@ import argparse
 import copy
 import datetime as dt
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -136,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     smoke = os.environ.get("MLP_SMOKE", "").strip().lower() in ("1", "true", "yes", "on")
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for people, not for the report
     os.environ["MLP_REPORT"] = "1"
+    # A network trained by one notebook is reused by the next (same config, same code) in this
+    # build only: the cache starts empty every time.
+    run_cache = BUILD / "runs"
+    shutil.rmtree(run_cache, ignore_errors=True)
+    os.environ["MLP_RUN_CACHE"] = str(run_cache)
     executed_dir = BUILD / "executed"
     executed_dir.mkdir(parents=True, exist_ok=True)
     out = Path(args.out)
