@@ -19,10 +19,13 @@ export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
 export PIP_CACHE_DIR := $(CACHE)/pip
 export PYTHONPYCACHEPREFIX := $(CACHE)/pycache
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+ifdef SEEDS
+export MLP_SEEDS := $(SEEDS)
+endif
 
 .PHONY: report test smoke-report venv data system-deps explore lab bench clean
 
-report: venv data system-deps  ## execute every task notebook (full protocol) and export the report
+report: venv data system-deps  ## execute every task notebook (full protocol) and export the report (SEEDS=n to change the number of seeds)
 	$(PY) report/build_report.py
 
 smoke-report: venv data system-deps  ## the same, in the quick smoke mode used by the tests

@@ -41,6 +41,7 @@ __all__ = [
     "Dataset", "prepare_data", "ACTIVATIONS", "MLP", "softmax", "cross_entropy", "SGD", "RunConfig",
     "History", "train", "run_experiments", "evaluate", "gradient_check", "count_parameters",
     "equal_width_for_budget", "results_table", "summary_table", "final_table", "Table", "smoke_mode",
+    "SMOKE_SETTINGS", "n_seeds",
     "setup_notebook", "describe",
     "plot_loss", "plot_accuracy", "plot_grad_norms", "smooth",
 ]
@@ -865,7 +866,7 @@ def _cache_file(config: RunConfig) -> Path | None:
     root = os.environ.get("MLP_RUN_CACHE")
     if not root:
         return None
-    key = hashlib.sha256((repr(config) + _code_digest()).encode()).hexdigest()[:32]
+    key = hashlib.sha256((repr(config.replace(name="")) + _code_digest()).encode()).hexdigest()[:32]
     return Path(root) / f"run-{key}.pkl"
 
 
@@ -881,36 +882,53 @@ def run_experiments(configs: Sequence[RunConfig], *, n_jobs: int | None = None, 
     for c in configs:
         if not isinstance(c, RunConfig):
             raise ValueError(f"configs must be RunConfig objects, got {type(c).__name__}")
+    # runs that differ only in their name are the same run: train it once, label it each way
+    unnamed = [c.replace(name="") for c in configs]
     results: dict[RunConfig, History] = {}
-    for c in configs:
-        path = _cache_file(c)
+    for u in unnamed:
+        path = _cache_file(u)
         if path is not None and path.exists():
             with open(path, "rb") as fh:
-                results[c] = pickle.load(fh)
-    todo = list(dict.fromkeys(c for c in configs if c not in results))  # unique, in order
+                results[u] = pickle.load(fh)
+    todo = list(dict.fromkeys(u for u in unnamed if u not in results))  # unique, in order
     if n_jobs is None:
         n_jobs = min(len(todo), os.cpu_count() or 1) or 1
     if n_jobs == 1 or len(todo) <= 1:
-        done = [train(c, progress=progress) for c in todo]
+        done = [train(u, progress=progress) for u in todo]
     else:
         from joblib import Parallel, delayed
-        done = Parallel(n_jobs=n_jobs, backend=backend)(delayed(_run_quiet)(c) for c in todo)
-    for c, h in zip(todo, done):
-        results[c] = h
-        path = _cache_file(c)
+        done = Parallel(n_jobs=n_jobs, backend=backend)(delayed(_run_quiet)(u) for u in todo)
+    for u, h in zip(todo, done):
+        results[u] = h
+        path = _cache_file(u)
         if path is not None and h.stop_reason not in ("interrupted", "stopped"):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             with open(tmp, "wb") as fh:
                 pickle.dump(h, fh)
             os.replace(tmp, path)
-    return [results[c] for c in configs]
+    return [dataclasses.replace(results[u], config=c) for u, c in zip(unnamed, configs)]
 
 
 def smoke_mode() -> bool:
     """True when $MLP_SMOKE is set to a true value: notebooks then run a tiny version of every
     experiment (for tests and CI)."""
     return os.environ.get("MLP_SMOKE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+# What smoke mode changes in every run: a small training subset, a small validation set, 2 epochs.
+SMOKE_SETTINGS = dict(n_train=2000, n_val=2000, max_epochs=2)
+
+
+def n_seeds(default: int = 3) -> int:
+    """How many seeds each experiment of the report is run with: $MLP_SEEDS if set (e.g.
+    `make report SEEDS=1`), else 1 in smoke mode, else `default`."""
+    value = os.environ.get("MLP_SEEDS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"MLP_SEEDS must be a positive integer, got {value!r}")
+        return int(value)
+    return 1 if smoke_mode() else default
 
 
 # ================================================================================================

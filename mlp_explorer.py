@@ -210,7 +210,7 @@ class Explorer:
         self.select_all_button.on_click(lambda _: self.select_all())
         self.clear_button.on_click(lambda _: self.clear())
         self.runs.observe(self._on_selection, names="value")
-        self.table = widgets.HTML("", layout=widgets.Layout(width="100%", overflow_x="auto"))
+        self.table = widgets.HTML("", layout=widgets.Layout(width="100%", overflow="auto"))
         self.table.add_class("mlp-runs")
 
         for control in (self.hidden, self.activation, self.init, self.learning_rate, self.momentum,

@@ -47,7 +47,7 @@ def test_parse_hidden_layers():
 
 def test_train_adds_a_run_and_redraws(ui):
     quick(ui)
-    empty_plot = ui.plot.value
+    empty_plot = bytes(ui.plot.value)
     assert not ui.train_button.disabled
     ui.train_button.click()
     assert ui.running and ui.train_button.disabled and not ui.stop_button.disabled
@@ -61,7 +61,7 @@ def test_train_adds_a_run_and_redraws(ui):
     assert df.loc[0, "stopped by"] == "max_epochs"
     hist = ui.histories[0]
     assert hist.config.layer_sizes == (16, 10) and hist.steps == 300 // 32
-    assert ui.plot.value != empty_plot and ui.plot.value.startswith(b"\x89PNG")
+    assert bytes(ui.plot.value) != bytes(empty_plot) and bytes(ui.plot.value).startswith(b"\x89PNG")
     assert ui.runs.value == (1,)                       # the new run is shown
     assert "<table" in ui.table.value and "#1" in ui.table.value
     assert ui.progress.value == hist.steps and ui.progress.bar_style == "success"
@@ -124,9 +124,9 @@ def test_selection_overlays_runs_and_clear_empties_the_table(ui):
         ui.learning_rate.value = lr
         assert ui.train() and ui.wait(30)
     assert len(ui.results()) == 2 and ui.runs.value == (1, 2)
-    both = ui.plot.value
+    both = bytes(ui.plot.value)
     ui.runs.value = (2,)
-    assert ui.plot.value != both
+    assert bytes(ui.plot.value) != both
     ui.select_all()
     assert ui.runs.value == (1, 2)
 

@@ -150,7 +150,28 @@ def test_run_cache_reuses_identical_configs(tmp_path, monkeypatch):
     monkeypatch.setenv("MLP_RUN_CACHE", str(tmp_path))
     cfg = mlp.RunConfig(**QUICK)
     first = mlp.run_experiments([cfg, cfg], n_jobs=1)
-    assert len(list(tmp_path.glob("run-*.pkl"))) == 1 and first[0] is first[1]
+    assert len(list(tmp_path.glob("run-*.pkl"))) == 1 and first[0].train_loss == first[1].train_loss
     monkeypatch.setattr(mlp, "train", lambda *a, **k: pytest.fail("a cached run was trained again"))
     again = mlp.run_experiments([cfg], n_jobs=1)
     assert again[0].train_loss == first[0].train_loss and again[0].final == first[0].final
+
+
+def test_runs_differing_only_in_name_train_once(monkeypatch):
+    calls = []
+    real_train = mlp.train
+    monkeypatch.setattr(mlp, "train", lambda c, **k: calls.append(c) or real_train(c, **k))
+    a, b = mlp.run_experiments([mlp.RunConfig(**QUICK, name="A"), mlp.RunConfig(**QUICK, name="B")], n_jobs=1)
+    assert len(calls) == 1 and a.config.label == "A" and b.config.label == "B" and a.final == b.final
+
+
+def test_n_seeds(monkeypatch):
+    monkeypatch.delenv("MLP_SMOKE", raising=False)
+    monkeypatch.delenv("MLP_SEEDS", raising=False)
+    assert mlp.n_seeds(3) == 3
+    monkeypatch.setenv("MLP_SMOKE", "1")
+    assert mlp.n_seeds(3) == 1
+    monkeypatch.setenv("MLP_SEEDS", "5")
+    assert mlp.n_seeds(3) == 5
+    monkeypatch.setenv("MLP_SEEDS", "zero")
+    with pytest.raises(ValueError, match="MLP_SEEDS must be a positive integer, got 'zero'"):
+        mlp.n_seeds()
