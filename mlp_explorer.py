@@ -124,7 +124,7 @@ class Explorer:
     taken from it). `redraw_interval` is the least number of seconds between two live redraws.
     """
 
-    def __init__(self, defaults: RunConfig = DEFAULTS, *, redraw_interval: float = 0.3):
+    def __init__(self, defaults: RunConfig = DEFAULTS, *, redraw_interval: float = 0.5):
         self.redraw_interval = float(redraw_interval)
         self.histories: list[History] = []  # finished runs, in order
         self._live: History | None = None     # snapshot of the run in progress
@@ -191,7 +191,7 @@ class Explorer:
         self.stop_button.on_click(lambda _: self.stop())
 
         # Live view
-        self.plot = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="924px",
+        self.plot = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="912px",
                                                                           height="auto"))
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="98%"))
         self.status = widgets.HTML("Set up a network on the left and press <b>Train</b>.",
@@ -470,9 +470,11 @@ class Explorer:
             shown = [h for h in self.histories if _run_id(h) in chosen]
             if self._live is not None:
                 shown.append(self._live)
-            fig = Figure(figsize=(8.4, 3.2), dpi=110, layout="constrained")
+            fig = Figure(figsize=(7.6, 3.0), dpi=120)
             FigureCanvasAgg(fig)
-            ax_loss, ax_acc = fig.subplots(1, 2)
+            # fixed margins: a constrained layout would double the cost of every live redraw
+            ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw=dict(left=0.08, right=0.99, bottom=0.15, top=0.91,
+                                                                   wspace=0.24))
             handles = []
             for h in shown:
                 color = _color(_run_id(h))
@@ -499,7 +501,7 @@ class Explorer:
                 ax_acc.set_ylabel("accuracy")
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png")
-        self.plot.value = buffer.getvalue()
+            self.plot.value = buffer.getvalue()  # inside the lock: an older image never replaces a newer one
 
 
 def _legend_label(c: RunConfig) -> str:
