@@ -15,6 +15,7 @@ Sections: data · model · optimiser · training · parallel runs · evaluation 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -507,8 +508,10 @@ class MLP:
 
 
 class _TrainBuffers:
-    """Preallocated arrays for one training step of a fixed batch size (the hot loop allocates
-    nothing)."""
+    """Preallocated arrays for one training step of a fixed batch size and for the evaluations of a
+    run (the hot loop allocates nothing).
+
+    acts[0] holds the batch of images: the trainer gathers them into it."""
 
     def __init__(self, model: MLP, batch_size: int):
         dt = model.dtype
@@ -519,31 +522,37 @@ class _TrainBuffers:
         self.grads = [np.empty_like(w) for w in model.weights]
         self.row_max = np.empty((batch_size, 1), dt)
         self.row_sum = np.empty((batch_size, 1), dt)
+        self.rows = np.arange(batch_size)  # row indices, to pick each row's target-class logit
+        self.eval = _EvalBuffers(model)
 
 
 def _train_step(model: MLP, buf: _TrainBuffers, Y: np.ndarray, labels: np.ndarray) -> float:
-    """Forward and backward on the batch already copied into buf.acts[0]; fills buf.grads and
-    returns the batch's mean cross-entropy. Same mathematics as MLP.forward/backward, in place."""
+    """Forward and backward on the batch in buf.acts[0]; fills buf.grads and returns the batch's
+    mean cross-entropy. Same mathematics as MLP.forward/backward, in place.
+
+    A batch of 32 is small, so a step costs about as much in numpy calls as in arithmetic: every
+    array is preallocated, and each line is one call (np.maximum.reduce and np.add.reduce are
+    np.max and np.sum without their Python wrappers; np.add.reduce(x) / n is np.mean(x))."""
     W, acts, n = model.weights, buf.acts, Y.shape[0]
     L = len(W)
     for l in range(L):
-        np.matmul(acts[l], W[l], out=acts[l + 1])
+        np.matmul(acts[l], W[l], out=acts[l + 1])  # (32, fan_in) @ (fan_in, fan_out) -> (32, fan_out)
         if l < L - 1:
             model._f(acts[l + 1], out=acts[l + 1])
     z = acts[L]
-    np.max(z, axis=1, keepdims=True, out=buf.row_max)
+    np.maximum.reduce(z, axis=1, keepdims=True, out=buf.row_max)
     z -= buf.row_max
     # batch loss from the shifted logits: -z_y + log sum exp z
-    loss_terms = z[np.arange(n), labels]
+    loss_terms = z[buf.rows[:n], labels]
     np.exp(z, out=z)
-    np.sum(z, axis=1, keepdims=True, out=buf.row_sum)
-    loss = float(np.mean(np.log(buf.row_sum[:, 0], dtype=np.float64) - loss_terms))
+    np.add.reduce(z, axis=1, keepdims=True, out=buf.row_sum)
+    loss = float(np.add.reduce(np.log(buf.row_sum[:, 0], dtype=np.float64) - loss_terms)) / n
     z /= buf.row_sum  # z now holds y_hat
     delta = buf.deltas[L - 1]
     np.subtract(z, Y, out=delta)
     delta *= 1.0 / n
     for l in range(L - 1, -1, -1):
-        np.matmul(acts[l].T, delta, out=buf.grads[l])
+        np.matmul(acts[l].T, delta, out=buf.grads[l])  # (fan_in, 32) @ (32, fan_out) -> (fan_in, fan_out)
         if l > 0:
             prev = buf.deltas[l - 1]
             np.matmul(delta, W[l].T, out=prev)
@@ -558,6 +567,54 @@ def _train_step(model: MLP, buf: _TrainBuffers, Y: np.ndarray, labels: np.ndarra
             prev *= s
             delta = prev
     return loss
+
+
+# Evaluation runs through a split in chunks of this many images: large enough for the matrix
+# products to run at full speed, small enough for a chunk's activations to stay in the CPU cache.
+_EVAL_CHUNK = 2048
+
+
+class _EvalBuffers:
+    """Preallocated arrays for evaluating `model` on chunks of up to `chunk` images."""
+
+    def __init__(self, model: MLP, chunk: int = _EVAL_CHUNK):
+        dt = model.dtype
+        self.chunk = chunk
+        self.hidden = [np.empty((chunk, s), dt) for s in model.layer_sizes[:-1]]
+        # The logits are kept transposed, (classes, chunk): the max and the sum over the classes of
+        # each image then run along whole contiguous rows instead of along 2048 rows of 10 values
+        # each, which numpy does many times faster.
+        self.logits_t = np.empty((model.layer_sizes[-1], chunk), dt)
+        self.col_max = np.empty(chunk, dt)
+        self.col_sum = np.empty(chunk, dt)
+        self.cols = np.arange(chunk)
+
+
+def _evaluate(model: MLP, X: np.ndarray, labels: np.ndarray, buf: _EvalBuffers) -> tuple[float, int]:
+    """Summed cross-entropy (float64) and number of correct predictions of `model` on (X, labels),
+    one forward pass in chunks. The loss of an image is log sum_k exp(z_k) - z_y (log-softmax, the
+    logits shifted by their maximum), computed without materialising log-softmax."""
+    W, L = model.weights, len(model.weights)
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(labels), buf.chunk):
+        a, y = X[start:start + buf.chunk], labels[start:start + buf.chunk]
+        n = len(y)
+        for l in range(L - 1):
+            h = buf.hidden[l][:n]
+            np.matmul(a, W[l], out=h)  # (n, fan_in) @ (fan_in, fan_out) -> (n, fan_out)
+            model._f(h, out=h)
+            a = h
+        z_t = buf.logits_t[:, :n]
+        np.matmul(W[L - 1].T, a.T, out=z_t)  # (10, fan_in) @ (fan_in, n) -> (10, n): z_L transposed
+        correct += int(np.count_nonzero(z_t.argmax(axis=0) == y))
+        z_max, z_sum = buf.col_max[:n], buf.col_sum[:n]
+        np.maximum.reduce(z_t, axis=0, out=z_max)
+        z_t -= z_max  # shifted logits: exp never overflows
+        loss_sum -= float(np.add.reduce(z_t[y, buf.cols[:n]], dtype=np.float64))  # - z_y
+        np.exp(z_t, out=z_t)
+        np.add.reduce(z_t, axis=0, out=z_sum)
+        loss_sum += float(np.add.reduce(np.log(z_sum, dtype=np.float64)))  # + log sum_k exp(z_k)
+    return loss_sum, correct
 
 
 # ================================================================================================
@@ -695,25 +752,39 @@ class History:
 
 
 def evaluate(model: MLP, split: Split, chunk: int = 10_000) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy of `model` on a whole split, in one forward pass."""
+    """Mean cross-entropy and accuracy of `model` on a whole split, in one forward pass (in chunks of
+    at most `chunk` images)."""
     n = len(split)
-    loss_sum, correct = 0.0, 0
-    for start in range(0, n, chunk):
-        X, labels = split.X[start:start + chunk], split.labels[start:start + chunk]
-        z = model.logits(X)
-        correct += int((z.argmax(axis=1) == labels).sum())
-        logp = _log_softmax(z)
-        loss_sum += -float(logp[np.arange(len(labels)), labels].sum(dtype=np.float64))
+    X = model.check_inputs(split.X)
+    buf = _EvalBuffers(model, max(1, min(chunk, _EVAL_CHUNK, n)))
+    loss_sum, correct = _evaluate(model, X, split.labels, buf)
     model._activations = []
     return loss_sum / n, correct / n
 
 
-def _blas_limit(n_threads: int | None):
-    if n_threads is None:
-        import contextlib
-        return contextlib.nullcontext()
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=n_threads, user_api="blas")
+class _BlasThreads:
+    """How many BLAS threads the parts of a run use. The products of a training step (32 rows) are
+    too small to share: on two threads they only get slower, and erratic on a busy machine. So the
+    steps always run on one thread, and the evaluation passes, whose products are large, on up to
+    `n_threads`. None leaves the BLAS settings as they are."""
+
+    def __init__(self, n_threads: int | None):
+        self.n_threads = n_threads
+        self._controller = None
+        if n_threads is not None:
+            from threadpoolctl import ThreadpoolController
+            self._controller = ThreadpoolController()  # finds the loaded BLAS libraries, once per run
+
+    def _limit(self, n_threads: int):
+        if self._controller is None:
+            return contextlib.nullcontext()
+        return self._controller.limit(limits=n_threads, user_api="blas")  # a few microseconds
+
+    def steps(self):
+        return self._limit(1)
+
+    def evaluation(self):
+        return self._limit(self.n_threads)
 
 
 def train(config: RunConfig = RunConfig(), data: Dataset | None = None, *, progress: bool = True,
@@ -726,7 +797,8 @@ def train(config: RunConfig = RunConfig(), data: Dataset | None = None, *, progr
     validations without a new lowest validation loss, final whole-set metrics with the final
     weights. `callback(history)` runs after every validation; training ends early (stop_reason
     "stopped") when `should_stop()` returns true, and on KeyboardInterrupt the history so far is
-    returned (stop_reason "interrupted"). `blas_threads` caps BLAS threads (None: leave as is).
+    returned (stop_reason "interrupted"). `blas_threads` caps BLAS threads (None: leave as is); with
+    a cap above one, only the evaluations use more threads: a step's small products run on one.
     """
     from tqdm.auto import tqdm
 
@@ -750,7 +822,7 @@ def train(config: RunConfig = RunConfig(), data: Dataset | None = None, *, progr
     hist = History(config=config)
     bs, steps_per_epoch, interval = config.batch_size, config.steps_per_epoch, config.validation_interval
     buf = _TrainBuffers(model, bs)
-    shuffled_X = np.empty_like(train_split.X)
+    blas = _BlasThreads(blas_threads)
     shuffled_Y = np.empty_like(train_split.Y)
     shuffled_labels = np.empty_like(train_split.labels)
     since_best = 0
@@ -766,17 +838,19 @@ def train(config: RunConfig = RunConfig(), data: Dataset | None = None, *, progr
     hist.stop_reason = "max_epochs"
     try:
         # a diverging run is detected from its loss below and explained in one warning
-        with _blas_limit(blas_threads), np.errstate(over="ignore", invalid="ignore"):
+        with blas.steps(), np.errstate(over="ignore", invalid="ignore"):
             for epoch in range(config.max_epochs):
                 t0 = time.perf_counter()
                 perm = shuffle_rng.permutation(config.n_train)
-                np.take(train_split.X, perm, axis=0, out=shuffled_X)
+                # Targets and labels are reordered once per epoch. The images (785 values each) are
+                # gathered batch by batch instead: each is then read from memory once, and is still
+                # in the cache when the backward pass needs it again.
                 np.take(train_split.Y, perm, axis=0, out=shuffled_Y)
                 np.take(train_split.labels, perm, axis=0, out=shuffled_labels)
                 done = False
                 for k in range(steps_per_epoch):
                     batch = slice(k * bs, (k + 1) * bs)
-                    buf.acts[0][...] = shuffled_X[batch]
+                    np.take(train_split.X, perm[batch], axis=0, out=buf.acts[0])
                     loss = _train_step(model, buf, shuffled_Y[batch], shuffled_labels[batch])
                     hist.train_loss.append(loss)
                     if not math.isfinite(loss):
@@ -789,7 +863,8 @@ def train(config: RunConfig = RunConfig(), data: Dataset | None = None, *, progr
                         break
                     optimiser.step(model.weights, buf.grads)
                     if step % interval == 0:
-                        _validate(model, hist, step, train_split, val_split, buf)
+                        with blas.evaluation():
+                            _validate(model, hist, step, train_split, val_split, buf)
                         if hist.val_loss[-1] < hist.best_val_loss:
                             hist.best_val_loss, hist.best_step, since_best = hist.val_loss[-1], step, 0
                         else:
@@ -820,7 +895,7 @@ def train(config: RunConfig = RunConfig(), data: Dataset | None = None, *, progr
 
     hist.weights = [w.copy() for w in model.weights]
     if all(np.isfinite(w).all() for w in model.weights):
-        with _blas_limit(blas_threads):
+        with blas.evaluation():
             train_loss, train_acc = evaluate(model, train_split)
             val_loss, val_acc = evaluate(model, val_split)
         hist.final = dict(train_loss=train_loss, val_loss=val_loss, train_acc=train_acc, val_acc=val_acc)
@@ -834,13 +909,15 @@ def train(config: RunConfig = RunConfig(), data: Dataset | None = None, *, progr
 
 def _validate(model: MLP, hist: History, step: int, train_split: Split, val_split: Split,
               buf: _TrainBuffers) -> None:
-    train_loss, train_acc = evaluate(model, train_split)
-    val_loss, val_acc = evaluate(model, val_split)
+    # the same computation as evaluate(), reusing the run's evaluation buffers
+    train_loss, train_correct = _evaluate(model, train_split.X, train_split.labels, buf.eval)
+    val_loss, val_correct = _evaluate(model, val_split.X, val_split.labels, buf.eval)
+    n_train, n_val = len(train_split), len(val_split)
     hist.val_steps.append(step)
-    hist.train_loss_full.append(train_loss)
-    hist.train_acc.append(train_acc)
-    hist.val_loss.append(val_loss)
-    hist.val_acc.append(val_acc)
+    hist.train_loss_full.append(train_loss / n_train)
+    hist.train_acc.append(train_correct / n_train)
+    hist.val_loss.append(val_loss / n_val)
+    hist.val_acc.append(val_correct / n_val)
     if hist.config.record_grad_norms:
         # the gradient of the batch of this step, computed before the update
         hist.grad_norms.append([float(np.linalg.norm(g)) for g in buf.grads])

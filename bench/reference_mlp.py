@@ -92,8 +92,11 @@ class Trainer:
         loss = cross_entropy_loss(Y_batch, outputs)
         grads = self.model.backward(X_batch, outputs, Y_batch)
         for i in range(len(self.model.ws)):
-            self.velocity[i] = grads[i] + self.momentum * self.velocity[i]
-            self.model.ws[i] = self.model.ws[i] - self.learning_rate * self.velocity[i]
+            if self.momentum:
+                self.velocity[i] = grads[i] + self.momentum * self.velocity[i]
+                self.model.ws[i] = self.model.ws[i] - self.learning_rate * self.velocity[i]
+            else:
+                self.model.ws[i] = self.model.ws[i] - self.learning_rate * grads[i]
         return loss
 
     def validate(self):

@@ -1,0 +1,316 @@
+"""Speed benchmark: mlp_core against a plain numpy implementation of the protocol (`make bench`).
+
+    .venv/bin/python bench/bench.py            # the full benchmark (about two minutes)
+    .venv/bin/python bench/bench.py --quick    # a few seconds, small data: checks that it runs
+
+For the networks [64], [128] and ten hidden layers of 64, one process runs, interleaved and
+repeated, one protocol epoch (reshuffle, 625 steps of 32 images, a validation every 125 steps
+from step 0: loss and accuracy on the 10,000 validation images and on the 20,000 training images)
+of each implementation:
+
+* reference: bench/reference_mlp.py, plain numpy as a student would write it (float64, new arrays
+  on every step, three separate passes per validation);
+* mlp_core in float64 and in float32 (the default), one BLAS thread (train()'s default), and
+  float32 with two BLAS threads;
+* PyTorch eager on the CPU, float32, one thread, when torch can be imported.
+
+Every implementation starts from the same initial weights and shuffles with the same generator.
+The table gives, as medians over the repeats: the time of a training step (the epoch minus its
+validations, per step), of one validation pass, of the whole protocol epoch (steps + 5
+validations), the speed-up over the reference, and the ratio to the FLOP limit: the time the
+epoch's matrix products would take at the float32 matmul peak (--peak-gflops, 190 GFLOP/s measured
+on the project's machine; the peak of one thread of the BLAS in use is measured and printed too).
+
+Then: how closely float32 and float64 runs of the same seed agree (and the reference with
+mlp_core in float64), and the peak memory of a training run of each network (bench/measure_memory.py).
+
+The BLAS kernel matters: on machines that set OPENBLAS_CORETYPE (see the header line), OpenBLAS
+runs an older, slower kernel than the processor supports. To benchmark the processor's own kernel,
+unset that variable and OPENBLAS_L2_SIZE together for that one command:
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE make bench
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import mlp_core as mlp  # noqa: E402
+import reference_mlp as ref  # noqa: E402
+
+NETWORKS = {"[64]": (64, 10), "[128]": (128, 10), "10 x [64]": (64,) * 10 + (10,)}
+VALIDATIONS = 5  # per protocol epoch
+
+
+@dataclass
+class Timing:
+    epoch: float      # one protocol epoch: reshuffle, every step, every validation (s)
+    eval_pass: float  # one validation: loss and accuracy on both sets (s, median within the epoch)
+    step: float       # (epoch - its validations) / steps (s)
+
+
+# ---- the implementations ------------------------------------------------------------------------
+
+def time_mlp_core(config: mlp.RunConfig, data: mlp.Dataset, blas_threads: int) -> tuple[Timing, mlp.History]:
+    """One protocol epoch of mlp_core.train; its validations are timed by wrapping mlp._validate."""
+    times = []
+    original = mlp._validate
+
+    def timed(*args):
+        t0 = time.perf_counter()
+        original(*args)
+        times.append(time.perf_counter() - t0)
+
+    mlp._validate = timed
+    try:
+        hist = mlp.train(config.replace(max_epochs=1), data, progress=False, blas_threads=blas_threads)
+    finally:
+        mlp._validate = original
+    epoch = hist.epoch_times[0]
+    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / config.steps_per_epoch), hist
+
+
+def initial_state(config: mlp.RunConfig) -> tuple[list[np.ndarray], np.random.SeedSequence]:
+    """The initial weights (float64) and the shuffling seed that mlp_core.train uses for `config`."""
+    init_seq, shuffle_seq = np.random.SeedSequence(config.seed).spawn(2)
+    model = mlp.MLP(config.layer_sizes, activation=config.activation, init=config.init,
+                    rng=np.random.default_rng(init_seq), dtype="float64")
+    return model.weights, shuffle_seq
+
+
+def run_reference(config: mlp.RunConfig, data64: mlp.Dataset, blas_threads: int) -> tuple[Timing, ref.Trainer]:
+    """One protocol epoch of the plain reference, from mlp_core's initial weights and shuffling."""
+    weights, shuffle_seq = initial_state(config)
+    model = ref.Model(weights, improved_sigmoid_on=config.activation == "improved_sigmoid")
+    train, val = data64.train, data64.val
+    trainer = ref.Trainer(model, train.X[:config.n_train], train.Y[:config.n_train], val.X[:config.n_val],
+                          val.Y[:config.n_val], learning_rate=config.learning_rate, momentum=config.momentum,
+                          batch_size=config.batch_size, validations_per_epoch=config.validations_per_epoch,
+                          rng=np.random.default_rng(shuffle_seq))
+    times = []
+    original = trainer.validate
+
+    def timed():
+        t0 = time.perf_counter()
+        original()
+        times.append(time.perf_counter() - t0)
+
+    trainer.validate = timed
+    with threadpool_limits(blas_threads, user_api="blas"):
+        t0 = time.perf_counter()
+        trainer.train_epoch()
+        epoch = time.perf_counter() - t0
+    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / trainer.steps_per_epoch), trainer
+
+
+def torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def time_torch(config: mlp.RunConfig, data: mlp.Dataset, threads: int = 1) -> Timing:
+    """The same protocol epoch in PyTorch eager (float32, CPU): autograd, torch.optim.SGD, fused
+    validation (one forward pass per set under no_grad)."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    weights, _ = initial_state(config)
+    W = [torch.tensor(w, dtype=torch.float32, requires_grad=True) for w in weights]
+    if config.activation == "sigmoid":
+        f = torch.sigmoid
+    else:
+        def f(z):
+            return 1.7159 * torch.tanh(z * (2.0 / 3.0))
+    X, y = torch.from_numpy(np.array(data.train.X[:config.n_train])), torch.from_numpy(data.train.labels[:config.n_train])
+    Xv, yv = torch.from_numpy(np.array(data.val.X[:config.n_val])), torch.from_numpy(data.val.labels[:config.n_val])
+    opt = torch.optim.SGD(W, lr=config.learning_rate, momentum=config.momentum)
+    gen = torch.Generator().manual_seed(config.seed)
+
+    def logits(a):
+        for w in W[:-1]:
+            a = f(a @ w)
+        return a @ W[-1]
+
+    def evaluate(a, labels):
+        z = logits(a)
+        return F.cross_entropy(z, labels).item(), (z.argmax(1) == labels).float().mean().item()
+
+    bs, interval, times = config.batch_size, config.validation_interval, []
+    t0 = time.perf_counter()
+    perm = torch.randperm(config.n_train, generator=gen)
+    for k in range(config.steps_per_epoch):
+        idx = perm[k * bs:(k + 1) * bs]
+        loss = F.cross_entropy(logits(X[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()
+        if k % interval == 0:
+            tv = time.perf_counter()
+            with torch.no_grad():
+                evaluate(X, y), evaluate(Xv, yv)
+            times.append(time.perf_counter() - tv)
+    epoch = time.perf_counter() - t0
+    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / config.steps_per_epoch)
+
+
+# ---- FLOPs and the machine ----------------------------------------------------------------------
+
+def flops(config: mlp.RunConfig) -> tuple[float, float]:
+    """Matrix-product FLOPs of one training step and of one validation pass (2 per multiply-add)."""
+    fans = (mlp.INPUT_SIZE,) + config.layer_sizes
+    macs = [a * b for a, b in zip(fans[:-1], fans[1:])]
+    # forward, weight gradients, and the deltas sent back through every layer but the first
+    step = 2 * config.batch_size * (2 * sum(macs) + sum(macs[1:]))
+    eval_pass = 2 * (config.n_train + config.n_val) * sum(macs)
+    return step, eval_pass
+
+
+def measured_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
+    """float32 matmul speed of one BLAS thread on a square product (best of `repeats`)."""
+    a = np.random.default_rng(0).standard_normal((size, size)).astype(np.float32)
+    with threadpool_limits(1, user_api="blas"):
+        a @ a
+        best = min(_timed(lambda: a @ a) for _ in range(repeats))
+    return 2 * size ** 3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def blas_line() -> str:
+    info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    if not info:
+        return "BLAS: unknown"
+    i = info[0]
+    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ)
+    return (f"BLAS: {i.get('internal_api')} {i.get('version')}, kernel {i.get('architecture')}, "
+            f"{i.get('num_threads')} threads available" + (f" ({env} set)" if env else ""))
+
+
+# ---- the benchmark ------------------------------------------------------------------------------
+
+HEADER = (f"{'network':<10} {'implementation':<34} {'step µs':>8} {'eval ms':>8} {'epoch ms':>9} "
+          f"{'(range)':>13} {'vs ref':>7} {'× FLOP limit':>12}")
+
+
+def benchmark(args) -> None:
+    n_train, n_val = (1600, 800) if args.quick else (20_000, 10_000)
+    data32 = mlp.prepare_data(n_train, "float32", n_val)
+    data64 = mlp.prepare_data(n_train, "float64", n_val)
+    use_torch = not args.no_torch and torch_available()
+    two_threads = (os.cpu_count() or 1) >= 2
+
+    print(f"Python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs")
+    print(blas_line())
+    peak = measured_peak_gflops()
+    print(f"float32 matmul of one BLAS thread, measured now: {peak:.0f} GFLOP/s; "
+          f"FLOP limit taken at {args.peak_gflops:g} GFLOP/s")
+    print(f"protocol epoch: {n_train:,} training and {n_val:,} validation images, batch 32, "
+          f"{VALIDATIONS} validations; medians of {args.repeats} interleaved repeats\n")
+    print(HEADER)
+    print("-" * len(HEADER))
+
+    for name in args.networks:
+        config = mlp.RunConfig(layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=1)
+        rows = {"reference (plain numpy, float64)": lambda c=config: run_reference(c, data64, 1)[0],
+                "mlp_core float64": lambda c=config: time_mlp_core(c.replace(dtype="float64"), data64, 1)[0],
+                "mlp_core float32 (default)": lambda c=config: time_mlp_core(c, data32, 1)[0]}
+        if two_threads:
+            rows["mlp_core float32, blas_threads=2"] = lambda c=config: time_mlp_core(c, data32, 2)[0]
+        if use_torch:
+            rows["PyTorch eager float32, 1 thread"] = lambda c=config: time_torch(c, data32, 1)
+        for fn in rows.values():  # warm-up: caches, BLAS buffers, lazy imports
+            fn()
+        timings = {label: [] for label in rows}
+        for _ in range(args.repeats):
+            for label, fn in rows.items():
+                timings[label].append(fn())
+        step_flops, eval_flops = flops(config)
+        limit = (config.steps_per_epoch * step_flops + VALIDATIONS * eval_flops) / (args.peak_gflops * 1e9)
+        ref_epoch = statistics.median(t.epoch for t in timings["reference (plain numpy, float64)"])
+        for label, ts in timings.items():
+            epoch = statistics.median(t.epoch for t in ts)
+            step = statistics.median(t.step for t in ts)
+            ev = statistics.median(t.eval_pass for t in ts)
+            spread = f"{min(t.epoch for t in ts) * 1e3:.0f}-{max(t.epoch for t in ts) * 1e3:.0f}"
+            print(f"{name:<10} {label:<34} {step * 1e6:8.1f} {ev * 1e3:8.1f} {epoch * 1e3:9.1f} {spread:>13} "
+                  f"{ref_epoch / epoch:6.2f}× {epoch / limit:11.2f}×")
+        print(f"{name:<10} {'FLOP limit':<34} {step_flops / args.peak_gflops / 1e3:8.1f} "
+              f"{eval_flops / args.peak_gflops / 1e6:8.1f} {limit * 1e3:9.1f}")
+        print()
+
+    agreement(args, data32, data64)
+    if not args.no_memory:
+        from measure_memory import NETWORKS as MEM_NETWORKS, measure, table
+        print(table({n: measure(MEM_NETWORKS[n]) for n in args.networks}, "float32", 1))
+
+
+def agreement(args, data32: mlp.Dataset, data64: mlp.Dataset) -> None:
+    """float32 against float64 runs of mlp_core with the same seed, and the plain reference against
+    mlp_core float64 (same initial weights, same shuffling)."""
+    epochs = 1 if args.quick else args.agree_epochs
+    n_train, n_val = len(data32.train), len(data32.val)
+    print(f"Agreement (seed 0; per-step batch losses over the first epoch; final metrics after {epochs} epoch(s)):")
+    print(f"{'network':<10} {'compared':<28} {'max rel. diff, step losses':>27} {'final val acc diff':>19} "
+          f"{'final val loss rel. diff':>25}")
+    for name in args.networks:
+        config = mlp.RunConfig(layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=epochs)
+        h32 = mlp.train(config, data32, progress=False)
+        h64 = mlp.train(config.replace(dtype="float64"), data64, progress=False)
+        spe = config.steps_per_epoch
+        a, b = np.asarray(h32.train_loss[:spe]), np.asarray(h64.train_loss[:spe])
+        print(f"{name:<10} {'mlp_core float32 vs float64':<28} {np.max(np.abs(a - b) / np.abs(b)):27.2e} "
+              f"{abs(h32.final['val_acc'] - h64.final['val_acc']):19.4f} "
+              f"{abs(h32.final['val_loss'] - h64.final['val_loss']) / h64.final['val_loss']:25.2e}")
+        _, trainer = run_reference(config, data64, 1)
+        h1 = mlp.train(config.replace(dtype="float64", max_epochs=1), data64, progress=False)
+        r = np.asarray(trainer.train_loss)
+        b = np.asarray(h1.train_loss[:spe])
+        print(f"{name:<10} {'reference vs mlp_core f64':<28} {np.max(np.abs(r - b) / np.abs(b)):27.2e} "
+              f"{abs(trainer.val_acc[-1] - h1.val_acc[len(trainer.val_acc) - 1]):19.4f} "
+              f"{abs(trainer.val_loss[-1] - h1.val_loss[len(trainer.val_loss) - 1]) / h1.val_loss[-1]:25.2e}")
+    print("(reference rows: the last validation of the first epoch instead of final metrics)\n")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small data, one repeat, no memory runs: a few seconds")
+    p.add_argument("--repeats", type=int, default=None, help="repeats per implementation (default 5; 1 with --quick)")
+    p.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
+    p.add_argument("--peak-gflops", type=float, default=190.0, help="float32 matmul peak for the FLOP limit")
+    p.add_argument("--agree-epochs", type=int, default=3, help="epochs of the float32/float64 agreement runs")
+    p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch row")
+    p.add_argument("--no-memory", action="store_true", help="leave out the peak-memory runs")
+    args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 5
+    if args.quick:
+        args.no_memory = True
+    print("mlp_core speed benchmark" + (" (quick: small data, not the protocol's sizes)" if args.quick else ""))
+    benchmark(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
