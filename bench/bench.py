@@ -1,6 +1,6 @@
 """Speed benchmark: mlp_core against a plain numpy implementation of the protocol (`make bench`).
 
-    .venv/bin/python bench/bench.py            # the full benchmark (about two minutes)
+    .venv/bin/python bench/bench.py            # the full benchmark (about a minute and a half)
     .venv/bin/python bench/bench.py --quick    # a few seconds, small data: checks that it runs
 
 For the networks [64], [128] and ten hidden layers of 64, one process runs, interleaved and
@@ -14,12 +14,16 @@ of each implementation:
   float32 with two BLAS threads;
 * PyTorch eager on the CPU, float32, one thread, when torch can be imported.
 
-Every implementation starts from the same initial weights and shuffles with the same generator.
-The table gives, as medians over the repeats: the time of a training step (the epoch minus its
-validations, per step), of one validation pass, of the whole protocol epoch (steps + 5
-validations), the speed-up over the reference, and the ratio to the FLOP limit: the time the
-epoch's matrix products would take at the float32 matmul peak (--peak-gflops, 190 GFLOP/s measured
-on the project's machine; the peak of one thread of the BLAS in use is measured and printed too).
+The numpy implementations start from the same initial weights and shuffle with the same generator,
+so they take the same steps (PyTorch: the same initial weights, its own shuffling). The table gives,
+as medians over the repeats: the time of a training step (the epoch minus its validations, per
+step), of one validation pass, and of the whole protocol epoch (steps + 5 validations), the
+system (kernel) CPU time of the epoch, the speed-up over the reference, and the ratio to the FLOP
+limit: the time the epoch's matrix products would take at the float32 matmul peak (--peak-gflops,
+190 GFLOP/s measured on the project's machine; the peak of one thread of the BLAS in use is
+measured and printed too). Rows that start a second thread run after the single-threaded ones.
+The plain reference allocates large arrays on every step, so its time depends on how fast the
+kernel hands out and takes back memory: where its "sys ms" is high, its steps were slowed by that.
 
 Then: how closely float32 and float64 runs of the same seed agree (and the reference with
 mlp_core in float64), and the peak memory of a training run of each network (bench/measure_memory.py).
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -50,6 +55,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import mlp_core as mlp  # noqa: E402
 import reference_mlp as ref  # noqa: E402
+from tqdm import tqdm as _tqdm  # noqa: E402
+
+# train() creates a (disabled) tqdm bar, and tqdm starts a monitor thread for any bar, which wakes
+# every 10 s. A process whose threads have run on both cores frees memory much more slowly (see
+# benchmark()), which would slow the allocation-heavy reference: switch the monitor off.
+_tqdm.monitor_interval = 0
 
 NETWORKS = {"[64]": (64, 10), "[128]": (128, 10), "10 x [64]": (64,) * 10 + (10,)}
 VALIDATIONS = 5  # per protocol epoch
@@ -60,6 +71,11 @@ class Timing:
     epoch: float      # one protocol epoch: reshuffle, every step, every validation (s)
     eval_pass: float  # one validation: loss and accuracy on both sets (s, median within the epoch)
     step: float       # (epoch - its validations) / steps (s)
+    system: float = 0.0  # CPU time the kernel spent for the process during the epoch (s)
+
+
+def _system_time() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
 # ---- the implementations ------------------------------------------------------------------------
@@ -75,12 +91,14 @@ def time_mlp_core(config: mlp.RunConfig, data: mlp.Dataset, blas_threads: int) -
         times.append(time.perf_counter() - t0)
 
     mlp._validate = timed
+    sys0 = _system_time()
     try:
         hist = mlp.train(config.replace(max_epochs=1), data, progress=False, blas_threads=blas_threads)
     finally:
         mlp._validate = original
     epoch = hist.epoch_times[0]
-    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / config.steps_per_epoch), hist
+    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / config.steps_per_epoch,
+                  _system_time() - sys0), hist
 
 
 def initial_state(config: mlp.RunConfig) -> tuple[list[np.ndarray], np.random.SeedSequence]:
@@ -110,18 +128,17 @@ def run_reference(config: mlp.RunConfig, data64: mlp.Dataset, blas_threads: int)
 
     trainer.validate = timed
     with threadpool_limits(blas_threads, user_api="blas"):
-        t0 = time.perf_counter()
+        sys0, t0 = _system_time(), time.perf_counter()
         trainer.train_epoch()
         epoch = time.perf_counter() - t0
-    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / trainer.steps_per_epoch), trainer
+    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / trainer.steps_per_epoch,
+                  _system_time() - sys0), trainer
 
 
 def torch_available() -> bool:
-    try:
-        import torch  # noqa: F401
-    except Exception:
-        return False
-    return True
+    """Whether PyTorch is installed (without importing it: importing it starts threads)."""
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None
 
 
 def time_torch(config: mlp.RunConfig, data: mlp.Dataset, threads: int = 1) -> Timing:
@@ -138,8 +155,11 @@ def time_torch(config: mlp.RunConfig, data: mlp.Dataset, threads: int = 1) -> Ti
     else:
         def f(z):
             return 1.7159 * torch.tanh(z * (2.0 / 3.0))
-    X, y = torch.from_numpy(np.array(data.train.X[:config.n_train])), torch.from_numpy(data.train.labels[:config.n_train])
-    Xv, yv = torch.from_numpy(np.array(data.val.X[:config.n_val])), torch.from_numpy(data.val.labels[:config.n_val])
+    def tensor(a):
+        return torch.from_numpy(np.array(a))  # a writable copy
+
+    X, y = tensor(data.train.X[:config.n_train]), tensor(data.train.labels[:config.n_train])
+    Xv, yv = tensor(data.val.X[:config.n_val]), tensor(data.val.labels[:config.n_val])
     opt = torch.optim.SGD(W, lr=config.learning_rate, momentum=config.momentum)
     gen = torch.Generator().manual_seed(config.seed)
 
@@ -153,7 +173,7 @@ def time_torch(config: mlp.RunConfig, data: mlp.Dataset, threads: int = 1) -> Ti
         return F.cross_entropy(z, labels).item(), (z.argmax(1) == labels).float().mean().item()
 
     bs, interval, times = config.batch_size, config.validation_interval, []
-    t0 = time.perf_counter()
+    sys0, t0 = _system_time(), time.perf_counter()
     perm = torch.randperm(config.n_train, generator=gen)
     for k in range(config.steps_per_epoch):
         idx = perm[k * bs:(k + 1) * bs]
@@ -168,7 +188,8 @@ def time_torch(config: mlp.RunConfig, data: mlp.Dataset, threads: int = 1) -> Ti
                 evaluate(X, y), evaluate(Xv, yv)
             times.append(time.perf_counter() - tv)
     epoch = time.perf_counter() - t0
-    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / config.steps_per_epoch)
+    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / config.steps_per_epoch,
+                  _system_time() - sys0)
 
 
 # ---- FLOPs and the machine ----------------------------------------------------------------------
@@ -211,7 +232,7 @@ def blas_line() -> str:
 # ---- the benchmark ------------------------------------------------------------------------------
 
 HEADER = (f"{'network':<10} {'implementation':<34} {'step µs':>8} {'eval ms':>8} {'epoch ms':>9} "
-          f"{'(range)':>13} {'vs ref':>7} {'× FLOP limit':>12}")
+          f"{'(range)':>13} {'sys ms':>7} {'vs ref':>7} {'× FLOP limit':>12}")
 
 
 def benchmark(args) -> None:
@@ -228,34 +249,46 @@ def benchmark(args) -> None:
           f"FLOP limit taken at {args.peak_gflops:g} GFLOP/s")
     print(f"protocol epoch: {n_train:,} training and {n_val:,} validation images, batch 32, "
           f"{VALIDATIONS} validations; medians of {args.repeats} interleaved repeats\n")
+    # Rows that start a second thread (two BLAS threads, PyTorch) are timed after all single-threaded
+    # ones: once the process had run a second thread, the allocation-heavy reference's steps took
+    # three times as long here, the extra time all spent in the kernel (freeing memory costs much
+    # more in a process whose threads have run on both cores).
+    configs = {name: mlp.RunConfig(layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=1)
+               for name in args.networks}
+    single = {"reference (plain numpy, float64)": lambda c: run_reference(c, data64, 1)[0],
+              "mlp_core float64": lambda c: time_mlp_core(c.replace(dtype="float64"), data64, 1)[0],
+              "mlp_core float32 (default)": lambda c: time_mlp_core(c, data32, 1)[0]}
+    threaded = {}
+    if two_threads:
+        threaded["mlp_core float32, blas_threads=2"] = lambda c: time_mlp_core(c, data32, 2)[0]
+    if use_torch:
+        threaded["PyTorch eager float32, 1 thread"] = lambda c: time_torch(c, data32, 1)
+    timings = {name: {} for name in configs}
+    for rows in (single, threaded):
+        for name, config in configs.items():
+            print(f"timing {name}: {', '.join(rows)}", file=sys.stderr, flush=True)
+            for fn in rows.values():  # warm-up: caches, BLAS buffers, lazy imports
+                fn(config)
+            for label in rows:
+                timings[name][label] = []
+            for _ in range(args.repeats):  # interleaved
+                for label, fn in rows.items():
+                    timings[name][label].append(fn(config))
+
     print(HEADER)
     print("-" * len(HEADER))
-
-    for name in args.networks:
-        config = mlp.RunConfig(layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=1)
-        rows = {"reference (plain numpy, float64)": lambda c=config: run_reference(c, data64, 1)[0],
-                "mlp_core float64": lambda c=config: time_mlp_core(c.replace(dtype="float64"), data64, 1)[0],
-                "mlp_core float32 (default)": lambda c=config: time_mlp_core(c, data32, 1)[0]}
-        if two_threads:
-            rows["mlp_core float32, blas_threads=2"] = lambda c=config: time_mlp_core(c, data32, 2)[0]
-        if use_torch:
-            rows["PyTorch eager float32, 1 thread"] = lambda c=config: time_torch(c, data32, 1)
-        for fn in rows.values():  # warm-up: caches, BLAS buffers, lazy imports
-            fn()
-        timings = {label: [] for label in rows}
-        for _ in range(args.repeats):
-            for label, fn in rows.items():
-                timings[label].append(fn())
+    for name, config in configs.items():
         step_flops, eval_flops = flops(config)
         limit = (config.steps_per_epoch * step_flops + VALIDATIONS * eval_flops) / (args.peak_gflops * 1e9)
-        ref_epoch = statistics.median(t.epoch for t in timings["reference (plain numpy, float64)"])
-        for label, ts in timings.items():
+        ref_epoch = statistics.median(t.epoch for t in timings[name]["reference (plain numpy, float64)"])
+        for label, ts in timings[name].items():
             epoch = statistics.median(t.epoch for t in ts)
             step = statistics.median(t.step for t in ts)
             ev = statistics.median(t.eval_pass for t in ts)
             spread = f"{min(t.epoch for t in ts) * 1e3:.0f}-{max(t.epoch for t in ts) * 1e3:.0f}"
+            system = statistics.median(t.system for t in ts)
             print(f"{name:<10} {label:<34} {step * 1e6:8.1f} {ev * 1e3:8.1f} {epoch * 1e3:9.1f} {spread:>13} "
-                  f"{ref_epoch / epoch:6.2f}× {epoch / limit:11.2f}×")
+                  f"{system * 1e3:7.0f} {ref_epoch / epoch:6.2f}× {epoch / limit:11.2f}×")
         print(f"{name:<10} {'FLOP limit':<34} {step_flops / args.peak_gflops / 1e3:8.1f} "
               f"{eval_flops / args.peak_gflops / 1e6:8.1f} {limit * 1e3:9.1f}")
         print()

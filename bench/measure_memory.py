@@ -35,6 +35,7 @@ def _status_mb(field: str) -> float | None:
 
 
 def _peak_mb() -> float:
+    """This process's peak RSS in MB (since the last _reset_peak)."""
     hwm = _status_mb("VmHWM")
     return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -60,8 +61,8 @@ def child(layer_sizes: tuple[int, ...], epochs: int, dtype: str) -> dict:
     out["reset"] = _reset_peak()
     mlp.train(config, data, progress=False)
     out["peak_training"] = _peak_mb() if out["reset"] else None
-    out["peak_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out["peak_process"] = max(out["peak_process"], out["peak_data"], out["peak_training"] or 0)
+    # (not ru_maxrss where VmHWM exists: Linux carries the parent's peak into it across fork + exec)
+    out["peak_process"] = max(out["peak_data"], out["peak_training"] or _peak_mb())
     return out
 
 
