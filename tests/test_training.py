@@ -175,3 +175,10 @@ def test_n_seeds(monkeypatch):
     monkeypatch.setenv("MLP_SEEDS", "zero")
     with pytest.raises(ValueError, match="MLP_SEEDS must be a positive integer, got 'zero'"):
         mlp.n_seeds()
+
+
+def test_mean_std():
+    assert mlp.mean_std([1.0, 3.0], ".1f") == "2.0 ± 1.4"
+    assert mlp.mean_std([2.5], ".2f") == "2.50"
+    assert mlp.mean_std([1.0, float("nan"), 3.0], ".0f") == "2 ± 1 (2 of 3 seeds)"
+    assert mlp.mean_std([float("nan")]) == "–"
