@@ -1279,29 +1279,40 @@ def _runs(histories) -> list[History]:
     return [histories] if isinstance(histories, History) else list(histories)
 
 
+def _run_style(i: int, h: History, colors, labels) -> tuple[str, str]:
+    return (colors[i] if colors is not None else f"C{i % 10}",
+            labels[i] if labels is not None else h.config.label)
+
+
+def _curve_labels(name: str, train: bool, val: bool) -> tuple[str, str]:
+    return (f"{name} (training)" if val else name), (f"{name} (validation)" if train else name)
+
+
+def _finish(ax, ylabel: str, ylim):
+    ax.set_xlabel("gradient step")
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(True, alpha=0.3)
+    return ax
+
+
 def plot_loss(histories, ax=None, *, window: int = 125, train: bool = True, val: bool = True,
               band: bool = True, colors=None, labels=None, ylim=None):
     """Training loss (per-step batch loss, smoothed with a +-1 std band) as solid lines and
     validation loss as dashed lines, against gradient steps. Returns the axes."""
     ax = _axes(ax)
-    runs = _runs(histories)
-    for i, h in enumerate(runs):
-        color = colors[i] if colors is not None else f"C{i % 10}"
-        name = labels[i] if labels is not None else h.config.label
+    for i, h in enumerate(_runs(histories)):
+        color, name = _run_style(i, h, colors, labels)
+        train_label, val_label = _curve_labels(name, train, val)
         if train:
             s, m, sd = smooth(h.train_loss, window)
-            ax.plot(s, m, color=color, lw=1.2, label=f"{name} (training)" if val else name)
+            ax.plot(s, m, color=color, lw=1.2, label=train_label)
             if band:
                 ax.fill_between(s, m - sd, m + sd, color=color, alpha=0.15, lw=0)
         if val:
-            ax.plot(h.val_steps, h.val_loss, color=color, lw=1.2, ls="--",
-                    label=f"{name} (validation)" if train else name)
-    ax.set_xlabel("gradient step")
-    ax.set_ylabel("cross-entropy loss")
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.grid(True, alpha=0.3)
-    return ax
+            ax.plot(h.val_steps, h.val_loss, color=color, lw=1.2, ls="--", label=val_label)
+    return _finish(ax, "cross-entropy loss", ylim)
 
 
 def plot_accuracy(histories, ax=None, *, train: bool = True, val: bool = True, colors=None, labels=None,
@@ -1310,19 +1321,13 @@ def plot_accuracy(histories, ax=None, *, train: bool = True, val: bool = True, c
     steps. Returns the axes."""
     ax = _axes(ax)
     for i, h in enumerate(_runs(histories)):
-        color = colors[i] if colors is not None else f"C{i % 10}"
-        name = labels[i] if labels is not None else h.config.label
+        color, name = _run_style(i, h, colors, labels)
+        train_label, val_label = _curve_labels(name, train, val)
         if train:
-            ax.plot(h.val_steps, h.train_acc, color=color, lw=1.2, label=f"{name} (training)" if val else name)
+            ax.plot(h.val_steps, h.train_acc, color=color, lw=1.2, label=train_label)
         if val:
-            ax.plot(h.val_steps, h.val_acc, color=color, lw=1.2, ls="--",
-                    label=f"{name} (validation)" if train else name)
-    ax.set_xlabel("gradient step")
-    ax.set_ylabel("accuracy")
-    if ylim is not None:
-        ax.set_ylim(*ylim)
-    ax.grid(True, alpha=0.3)
-    return ax
+            ax.plot(h.val_steps, h.val_acc, color=color, lw=1.2, ls="--", label=val_label)
+    return _finish(ax, "accuracy", ylim)
 
 
 def plot_grad_norms(history: History, ax=None, *, cmap: str = "viridis"):
