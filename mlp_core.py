@@ -252,7 +252,9 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
     if images.size == 0:
         raise ValueError("images must not be empty")
     if images.dtype == np.uint8:
-        counts = np.bincount(images.ravel(), minlength=256).astype(np.float64)
+        flat, chunk = images.ravel(), 1 << 20  # bincount widens its input to int64: go chunk by chunk
+        counts = sum(np.bincount(flat[i:i + chunk], minlength=256) for i in range(0, flat.size, chunk))
+        counts = counts.astype(np.float64)
         values = np.arange(256, dtype=np.float64)
         n = counts.sum()
         mean = float(counts @ values / n)
@@ -336,7 +338,8 @@ def prepare_data(n_train: int = 20_000, dtype: str = "float32", n_val: int | Non
 
     def split(images, labels) -> Split:
         X = np.empty((len(images), images.shape[1] + 1), dtype=dtype)  # filled in place: no temporaries
-        np.take(table, images, out=X[:, :-1])
+        for i in range(0, len(images), 2048):  # np.take widens uint8 indices to int64: chunk by chunk
+            np.take(table, images[i:i + 2048], out=X[i:i + 2048, :-1])
         X[:, -1] = 1  # the bias trick
         labels = labels.astype(np.int64)
         Y = one_hot(labels, dtype=dtype)
