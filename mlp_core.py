@@ -991,14 +991,62 @@ def _cache_file(config: RunConfig) -> Path | None:
     return Path(root) / f"run-{key}.pkl"
 
 
+def _load_run(path: Path) -> History:
+    import pickle
+    with open(path, "rb") as fh:
+        return pickle.load(fh)
+
+
+def _store_run(path: Path, h: History) -> None:
+    import pickle
+    if h.stop_reason in ("interrupted", "stopped"):
+        return  # an unfinished run is not the run its config describes
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(h, fh)
+    os.replace(tmp, path)  # atomic: a reader sees no file or the whole file
+
+
+def _claim_run(path: Path) -> bool:
+    """Claim the training of the run cached at `path` for this process (a .lock file holding our
+    pid, created atomically). False when a live process holds it; a dead holder's claim is taken."""
+    lock = path.with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text() or 0)
+                if pid:
+                    os.kill(pid, 0)  # raises if the holder is gone
+                return False
+            except ProcessLookupError:
+                lock.unlink(missing_ok=True)  # stale claim of a process that died
+                continue
+            except (FileNotFoundError, ValueError, PermissionError):
+                return False
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return True
+    return False
+
+
+def _release_run(path: Path) -> None:
+    path.with_suffix(".lock").unlink(missing_ok=True)
+
+
 def run_experiments(configs: Sequence[RunConfig], *, n_jobs: int | None = None, backend: str | None = None,
                     progress: bool = False) -> list[History]:
     """Train every configuration, in parallel worker processes (one per core by default), and return
     the histories in the order given. Each run is single-threaded and seeded by its config, so the
     results equal those of a serial run. Uses joblib: inside `joblib.parallel_config(backend="dask")`
-    the same sweep runs on a Dask cluster. `n_jobs=1` runs serially in this process. Runs found in
-    the $MLP_RUN_CACHE folder are loaded instead of trained again."""
-    import pickle
+    the same sweep runs on a Dask cluster. `n_jobs=1` runs serially in this process.
+
+    With $MLP_RUN_CACHE naming a folder, finished runs are kept there and loaded instead of trained
+    again, and processes that share the folder (the report's notebooks, executed side by side)
+    never train the same run twice: a run another process is training is waited for."""
     configs = list(configs)
     for c in configs:
         if not isinstance(c, RunConfig):
@@ -1006,28 +1054,54 @@ def run_experiments(configs: Sequence[RunConfig], *, n_jobs: int | None = None, 
     # runs that differ only in their name are the same run: train it once, label it each way
     unnamed = [c.replace(name="") for c in configs]
     results: dict[RunConfig, History] = {}
-    for u in unnamed:
+    todo: list[RunConfig] = []      # this process trains these
+    elsewhere: list[RunConfig] = []  # another process is training these
+    for u in dict.fromkeys(unnamed):
         path = _cache_file(u)
         if path is not None and path.exists():
-            with open(path, "rb") as fh:
-                results[u] = pickle.load(fh)
-    todo = list(dict.fromkeys(u for u in unnamed if u not in results))  # unique, in order
-    if n_jobs is None:
-        n_jobs = min(len(todo), os.cpu_count() or 1) or 1
-    if n_jobs == 1 or len(todo) <= 1:
-        done = [train(u, progress=progress) for u in todo]
-    else:
-        from joblib import Parallel, delayed
-        done = Parallel(n_jobs=n_jobs, backend=backend)(delayed(_run_quiet)(u) for u in todo)
-    for u, h in zip(todo, done):
-        results[u] = h
+            results[u] = _load_run(path)
+        elif path is None:
+            todo.append(u)
+        elif _claim_run(path):
+            if path.exists():  # finished by another process between our look and our claim
+                _release_run(path)
+                results[u] = _load_run(path)
+            else:
+                todo.append(u)
+        else:
+            elsewhere.append(u)
+    try:
+        if n_jobs is None:
+            n_jobs = min(len(todo), os.cpu_count() or 1) or 1
+        if n_jobs == 1 or len(todo) <= 1:
+            done = (train(u, progress=progress) for u in todo)
+        else:
+            from joblib import Parallel, delayed
+            done = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")(
+                delayed(_run_quiet)(u) for u in todo)
+        for u, h in zip(todo, done):  # each run is stored as soon as it is finished
+            results[u] = h
+            path = _cache_file(u)
+            if path is not None:
+                _store_run(path, h)
+                _release_run(path)
+    finally:
+        for u in todo:
+            if (path := _cache_file(u)) is not None:
+                _release_run(path)
+    for u in elsewhere:
         path = _cache_file(u)
-        if path is not None and h.stop_reason not in ("interrupted", "stopped"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            with open(tmp, "wb") as fh:
-                pickle.dump(h, fh)
-            os.replace(tmp, path)
+        while u not in results:
+            if path.exists():
+                results[u] = _load_run(path)
+            elif _claim_run(path):  # its trainer stopped without a result: train it here
+                try:
+                    results[u] = train(u, progress=progress)
+                    _store_run(path, results[u])
+                finally:
+                    _release_run(path)
+            else:
+                time.sleep(0.2)
     return [dataclasses.replace(results[u], config=c) for u, c in zip(unnamed, configs)]
 
 

@@ -3,8 +3,8 @@
     python report/build_report.py            # full protocol (what `make report` runs)
     MLP_SMOKE=1 python report/build_report.py  # quick smoke build (tests)
 
-The task notebooks (notebooks/task*.ipynb, in name order) are executed with nbclient in
-notebooks/, saved to report/build/executed/, merged into one notebook with a title block, and
+The task notebooks (notebooks/task*.ipynb, in name order, two at a time) are executed with
+nbclient in notebooks/, saved to report/build/executed/, merged into one notebook with a title block, and
 exported with code hidden: report/report.pdf through nbconvert's LaTeX route (xelatex) with the
 template in report/templates/mlp_report, and report/report.html. Progress bars are switched off
 and stderr output is dropped so that no widget or progress residue reaches the report.
@@ -44,7 +44,13 @@ def task_notebooks(pattern: str = "task*.ipynb") -> list[Path]:
     return found
 
 
-def execute(path: Path, out_dir: Path) -> nbformat.NotebookNode:
+class NotebookFailed(RuntimeError):
+    """A notebook raised an error while executing."""
+
+
+def execute(path: Path, out_dir: Path) -> tuple[nbformat.NotebookNode, float]:
+    """Execute one notebook in notebooks/ and save the executed copy; returns it and the seconds."""
+    t0 = time.perf_counter()
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=None, kernel_name="python3",
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
@@ -52,10 +58,26 @@ def execute(path: Path, out_dir: Path) -> nbformat.NotebookNode:
         client.execute()
     except CellExecutionError as exc:
         nbformat.write(nb, out_dir / path.name)
-        raise SystemExit(f"{path.name} failed while executing (partial output in "
-                         f"{out_dir / path.name}):\n{exc}") from None
+        raise NotebookFailed(f"{path.name} failed while executing (partial output in "
+                             f"{out_dir / path.name}):\n{exc}") from None
     nbformat.write(nb, out_dir / path.name)
-    return nb
+    return nb, time.perf_counter() - t0
+
+
+def execute_all(paths: list[Path], out_dir: Path, jobs: int) -> list[nbformat.NotebookNode]:
+    """Execute the notebooks, up to `jobs` at a time in name order (each in its own process and
+    kernel). Networks that several notebooks train are trained once: they share the run cache, and
+    a run that one notebook is training is waited for by the others."""
+    from concurrent.futures import ProcessPoolExecutor
+    if jobs <= 1:
+        results = [execute(p, out_dir) for p in paths]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            futures = [pool.submit(execute, p, out_dir) for p in paths]
+            results = [f.result() for f in futures]
+    for path, (_, seconds) in zip(paths, results):
+        print(f"executed {path.name:40s} {seconds:7.1f} s", flush=True)
+    return [nb for nb, _ in results]
 
 
 def clean_outputs(cell: nbformat.NotebookNode) -> None:
@@ -129,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pattern", default="task*.ipynb", help="which notebooks to execute (glob in notebooks/)")
     parser.add_argument("--out", default=str(REPORT), help="folder for report.pdf and report.html")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="notebooks executed at the same time (default: 2, or 1 on a single core)")
     args = parser.parse_args(argv)
 
     for var in ("MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
@@ -148,11 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     t_start = time.perf_counter()
-    executed = []
-    for path in task_notebooks(args.pattern):
-        t0 = time.perf_counter()
-        executed.append(execute(path, executed_dir))
-        print(f"executed {path.name:40s} {time.perf_counter() - t0:7.1f} s", flush=True)
+    try:
+        executed = execute_all(task_notebooks(args.pattern), executed_dir, args.jobs)
+    except NotebookFailed as exc:
+        raise SystemExit(str(exc)) from None
+    print(f"notebooks executed in {time.perf_counter() - t_start:.1f} s", flush=True)
     merged = merge(executed, smoke)
     nbformat.write(merged, BUILD / "report.ipynb")
     t0 = time.perf_counter()

@@ -182,3 +182,34 @@ def test_mean_std():
     assert mlp.mean_std([2.5], ".2f") == "2.50"
     assert mlp.mean_std([1.0, float("nan"), 3.0], ".0f") == "2 ± 1 (2 of 3 seeds)"
     assert mlp.mean_std([float("nan")]) == "–"
+
+
+def test_a_run_claimed_by_another_process_is_waited_for(tmp_path, monkeypatch):
+    import subprocess
+    import threading
+    monkeypatch.setenv("MLP_RUN_CACHE", str(tmp_path))
+    cfg = mlp.RunConfig(**QUICK)
+    finished = mlp.train(cfg, progress=False)
+    path = mlp._cache_file(cfg)
+    holder = subprocess.Popen(["sleep", "30"])  # a live process "training" the run
+    try:
+        path.with_suffix(".lock").write_text(str(holder.pid))
+        threading.Timer(0.5, mlp._store_run, (path, finished)).start()
+        monkeypatch.setattr(mlp, "train", lambda *a, **k: pytest.fail("the claimed run was trained again"))
+        (h,) = mlp.run_experiments([cfg], n_jobs=1)
+        assert h.train_loss == finished.train_loss
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_claim_is_taken_over(tmp_path, monkeypatch):
+    import subprocess
+    monkeypatch.setenv("MLP_RUN_CACHE", str(tmp_path))
+    cfg = mlp.RunConfig(**QUICK)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mlp._cache_file(cfg).with_suffix(".lock").write_text(str(dead.pid))
+    (h,) = mlp.run_experiments([cfg], n_jobs=1)
+    assert h.steps == 60 and mlp._cache_file(cfg).exists()
+    assert not mlp._cache_file(cfg).with_suffix(".lock").exists()
