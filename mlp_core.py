@@ -41,7 +41,7 @@ __all__ = [
     "download_mnist", "load_mnist", "pixel_stats", "normalize", "add_bias", "one_hot", "Split",
     "Dataset", "prepare_data", "ACTIVATIONS", "MLP", "softmax", "cross_entropy", "SGD", "RunConfig",
     "History", "train", "run_experiments", "evaluate", "gradient_check", "count_parameters",
-    "equal_width_for_budget", "results_table", "summary_table", "final_table", "mean_std", "Table", "smoke_mode",
+    "equal_width_for_budget", "initial_model", "results_table", "summary_table", "final_table", "mean_std", "Table", "smoke_mode",
     "SMOKE_SETTINGS", "n_seeds",
     "setup_notebook", "describe",
     "plot_loss", "plot_accuracy", "plot_grad_norms", "smooth",
@@ -780,6 +780,18 @@ class History:
         return m
 
 
+def _seed_sequences(seed: int) -> tuple[np.random.SeedSequence, np.random.SeedSequence]:
+    """The two independent streams of a run, both derived from its one seed: initialisation, shuffling."""
+    init_seq, shuffle_seq = np.random.SeedSequence(seed).spawn(2)
+    return init_seq, shuffle_seq
+
+
+def initial_model(config: RunConfig) -> MLP:
+    """The network exactly as train(config) starts it: same layers, activation and initial weights."""
+    return MLP(config.layer_sizes, activation=config.activation, init=config.init,
+               rng=np.random.default_rng(_seed_sequences(config.seed)[0]), dtype=config.dtype)
+
+
 def evaluate(model: MLP, split: Split, chunk: int = 10_000) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of `model` on a whole split, in one forward pass (in chunks of
     at most `chunk` images)."""
@@ -842,9 +854,8 @@ def train(config: RunConfig = RunConfig(), data: Dataset | None = None, *, progr
     val_split = Split(data.val.X[:config.n_val].astype(dt, copy=False),
                       data.val.Y[:config.n_val].astype(dt, copy=False), data.val.labels[:config.n_val])
 
-    init_seq, shuffle_seq = np.random.SeedSequence(config.seed).spawn(2)
-    model = MLP(config.layer_sizes, activation=config.activation, init=config.init,
-                rng=np.random.default_rng(init_seq), dtype=dt)
+    _, shuffle_seq = _seed_sequences(config.seed)
+    model = initial_model(config)
     model.check_inputs(train_split.X[:1], train_split.labels[:1])
     shuffle_rng = np.random.default_rng(shuffle_seq)
     optimiser = SGD(config.learning_rate, config.momentum)
@@ -1366,6 +1377,8 @@ def _curve_labels(name: str, train: bool, val: bool) -> tuple[str, str]:
 
 
 def _finish(ax, ylabel: str, ylim):
+    from matplotlib.ticker import StrMethodFormatter
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))  # 25,000 rather than 25000
     ax.set_xlabel("gradient step")
     ax.set_ylabel(ylabel)
     if ylim is not None:

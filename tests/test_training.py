@@ -213,3 +213,12 @@ def test_a_stale_claim_is_taken_over(tmp_path, monkeypatch):
     (h,) = mlp.run_experiments([cfg], n_jobs=1)
     assert h.steps == 60 and mlp._cache_file(cfg).exists()
     assert not mlp._cache_file(cfg).with_suffix(".lock").exists()
+
+
+def test_initial_model_is_where_training_starts(small_data):
+    cfg = mlp.RunConfig(n_train=640, n_val=500, max_epochs=1, init="fan_in", seed=3)
+    start = mlp.initial_model(cfg)
+    h = mlp.train(cfg.replace(max_epochs=1), small_data, progress=False, should_stop=lambda: True)
+    assert h.steps == 1  # one update of lr * gradient away from the initial weights
+    moved = [np.abs(w1 - w0).max() for w0, w1 in zip(start.weights, h.weights)]
+    assert 0 < max(moved) < 0.1
