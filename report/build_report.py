@@ -134,6 +134,36 @@ def export_pdf(nb: nbformat.NotebookNode, target: Path) -> None:
     target.write_bytes(pdf)
 
 
+_SEPARATOR = "<!-- mlp-report-cell -->"
+
+
+def markdown_to_mathml(nb: nbformat.NotebookNode) -> None:
+    """Turn every piece of Markdown (markdown cells and generated Markdown outputs) into HTML with
+    MathML formulas, in one pandoc call: browsers draw MathML themselves, so the HTML report shows
+    its mathematics without loading MathJax from the internet."""
+    import subprocess
+    places = []  # (cell, output or None)
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            places.append((cell, None))
+        elif cell.cell_type == "code":
+            places += [(cell, out) for out in cell.outputs if "text/markdown" in out.get("data", {})]
+    sources = [cell.source if out is None else out["data"]["text/markdown"] for cell, out in places]
+    html = subprocess.run(["pandoc", "--from=markdown", "--to=html", "--mathml", "--wrap=none"],
+                          input=f"\n\n{_SEPARATOR}\n\n".join(sources), capture_output=True, text=True,
+                          check=True).stdout
+    fragments = html.split(_SEPARATOR)
+    if len(fragments) != len(places):
+        raise RuntimeError(f"pandoc returned {len(fragments)} fragments for {len(places)} pieces of Markdown")
+    for (cell, out), fragment in zip(places, fragments):
+        # one HTML block without blank lines, so the notebook's Markdown renderer passes it through
+        block = '<div class="mlp-prose">' + "\n".join(l for l in fragment.strip().splitlines() if l.strip()) + "</div>"
+        if out is None:
+            cell.source = block
+        else:
+            out["data"] = {"text/html": block}
+
+
 def export_html(nb: nbformat.NotebookNode, target: Path) -> None:
     from nbconvert import HTMLExporter
     nb = copy.deepcopy(nb)
@@ -141,6 +171,8 @@ def export_html(nb: nbformat.NotebookNode, target: Path) -> None:
     title = nbformat.v4.new_markdown_cell(
         f"# {md['title']}\n\n**{md['subtitle']}**  \n{md['course']}  \n*{md['build_note']}*")
     nb.cells.insert(0, title)
+    markdown_to_mathml(nb)
+    title.source = "<style>math { font-size: 1.1em; } .mlp-table caption { font-size: 0.9em; }</style>\n" + title.source
     exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
                             exclude_output_prompt=True, embed_images=True)
     html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": md["title"]}})

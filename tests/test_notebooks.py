@@ -68,3 +68,4 @@ def test_smoke_report_builds(tmp_path):
     html_text = html.read_text()
     assert "<table" in html_text and "Table 2.2" in html_text and "Task 2c" in html_text
     assert "application/vnd.jupyter.widget-view" not in html_text
+    assert "<math" in html_text and "$\\mu$" not in html_text  # formulas as MathML, drawn offline
