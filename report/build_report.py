@@ -124,6 +124,8 @@ def merge(notebooks: list[nbformat.NotebookNode], smoke: bool) -> nbformat.Noteb
 
 def export_pdf(nb: nbformat.NotebookNode, target: Path) -> None:
     from nbconvert import LatexExporter, PDFExporter
+    nb = copy.deepcopy(nb)
+    unbreakable_captions(nb)
     opts = dict(template_name="mlp_report", extra_template_basedirs=[str(TEMPLATES)], exclude_input=True,
                 exclude_input_prompt=True, exclude_output_prompt=True)
     latex, _ = LatexExporter(**opts).from_notebook_node(nb)
@@ -137,11 +139,26 @@ def export_pdf(nb: nbformat.NotebookNode, target: Path) -> None:
 _SEPARATOR = "<!-- mlp-report-cell -->"
 
 
+def pandoc_fragments(sources: list[str], to: str, *options: str) -> list[str]:
+    """Convert many Markdown snippets with one pandoc call (one call per snippet would be slow)."""
+    import subprocess
+    if not sources:
+        return []
+    # HTML keeps a comment between the snippets; LaTeX keeps only text, so a word stands between them
+    separator = _SEPARATOR if to == "html" else "MLPREPORTSNIPPETBREAK"
+    out = subprocess.run(["pandoc", "--from=markdown", f"--to={to}", "--wrap=none", *options],
+                         input=f"\n\n{separator}\n\n".join(sources), capture_output=True, text=True,
+                         check=True).stdout
+    fragments = out.split(separator)
+    if len(fragments) != len(sources):
+        raise RuntimeError(f"pandoc returned {len(fragments)} fragments for {len(sources)} pieces of Markdown")
+    return fragments
+
+
 def markdown_to_mathml(nb: nbformat.NotebookNode) -> None:
     """Turn every piece of Markdown (markdown cells and generated Markdown outputs) into HTML with
-    MathML formulas, in one pandoc call: browsers draw MathML themselves, so the HTML report shows
-    its mathematics without loading MathJax from the internet."""
-    import subprocess
+    MathML formulas: browsers draw MathML themselves, so the HTML report shows its mathematics
+    without loading MathJax from the internet."""
     places = []  # (cell, output or None)
     for cell in nb.cells:
         if cell.cell_type == "markdown":
@@ -149,19 +166,25 @@ def markdown_to_mathml(nb: nbformat.NotebookNode) -> None:
         elif cell.cell_type == "code":
             places += [(cell, out) for out in cell.outputs if "text/markdown" in out.get("data", {})]
     sources = [cell.source if out is None else out["data"]["text/markdown"] for cell, out in places]
-    html = subprocess.run(["pandoc", "--from=markdown", "--to=html", "--mathml", "--wrap=none"],
-                          input=f"\n\n{_SEPARATOR}\n\n".join(sources), capture_output=True, text=True,
-                          check=True).stdout
-    fragments = html.split(_SEPARATOR)
-    if len(fragments) != len(places):
-        raise RuntimeError(f"pandoc returned {len(fragments)} fragments for {len(places)} pieces of Markdown")
-    for (cell, out), fragment in zip(places, fragments):
+    for (cell, out), fragment in zip(places, pandoc_fragments(sources, "html", "--mathml")):
         # one HTML block without blank lines, so the notebook's Markdown renderer passes it through
         block = '<div class="mlp-prose">' + "\n".join(l for l in fragment.strip().splitlines() if l.strip()) + "</div>"
         if out is None:
             cell.source = block
         else:
             out["data"] = {"text/html": block}
+
+
+def unbreakable_captions(nb: nbformat.NotebookNode) -> None:
+    """For the PDF: set every generated figure caption ("**Figure ...") in a minipage, which LaTeX
+    never splits across pages; with the \\nopagebreak after each figure, a figure and its caption
+    always share a page."""
+    outs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+            if out.get("data", {}).get("text/markdown", "").lstrip().startswith("**Figure")]
+    latex = pandoc_fragments([out["data"]["text/markdown"] for out in outs], "latex")
+    for out, fragment in zip(outs, latex):
+        out["data"] = {"text/latex": "\\par\\nopagebreak\\noindent\\begin{minipage}{\\linewidth}\n"
+                                     + fragment.strip() + "\n\\end{minipage}\\par"}
 
 
 def export_html(nb: nbformat.NotebookNode, target: Path) -> None:
