@@ -41,7 +41,7 @@ __all__ = [
     "download_mnist", "load_mnist", "pixel_stats", "normalize", "add_bias", "one_hot", "Split",
     "Dataset", "prepare_data", "ACTIVATIONS", "MLP", "softmax", "cross_entropy", "SGD", "RunConfig",
     "History", "train", "run_experiments", "evaluate", "gradient_check", "count_parameters",
-    "equal_width_for_budget", "initial_model", "results_table", "summary_table", "final_table", "mean_std", "Table", "smoke_mode",
+    "equal_width_for_budget", "initial_model", "results_table", "final_table", "mean_std", "Table", "smoke_mode",
     "SMOKE_SETTINGS", "n_seeds",
     "setup_notebook", "describe",
     "plot_loss", "plot_accuracy", "plot_grad_norms", "smooth",
@@ -1224,23 +1224,6 @@ def results_table(histories: Sequence[History], *, label: str = "run") -> "pd.Da
             "stopped by": h.stop_reason, "s / epoch": h.time_per_epoch,
         })
     return pd.DataFrame(rows)
-
-
-_SUMMARY_COLUMNS = ("train loss", "val loss", "train acc", "val acc", "best val loss", "best step", "steps",
-                    "s / epoch")
-
-
-def summary_table(histories: Sequence[History], *, label: str = "run") -> "pd.DataFrame":
-    """Mean and standard deviation over seeds of every numeric column of results_table, one row per
-    configuration label (in first-seen order); columns are a (metric, mean|std) MultiIndex."""
-    import pandas as pd
-    df = results_table(histories, label=label)
-    cols = [c for c in _SUMMARY_COLUMNS if c in df]
-    g = df.groupby(label, sort=False)[cols]
-    out = pd.concat({"mean": g.mean(), "std": g.std(ddof=1).fillna(0.0)}, axis=1).swaplevel(axis=1)
-    out = out[[(c, s) for c in cols for s in ("mean", "std")]]
-    out.insert(0, ("seeds", ""), g.size())
-    return out
 
 
 def mean_std(values: Sequence[float], fmt: str = ".4f") -> str:
