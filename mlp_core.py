@@ -268,11 +268,22 @@ def normalize(images: np.ndarray, mu: float, sigma: float, dtype=np.float32) -> 
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
     images = np.asarray(images)
-    if images.dtype == np.uint8:
-        # a 256-entry lookup table: the same values as the float64 formula, without a float64 copy
-        table = ((np.arange(256, dtype=np.float64) - mu) / sigma).astype(dtype)
-        return table[images]
+    if images.dtype == np.uint8 and images.ndim > 0:
+        return _look_up(_pixel_table(mu, sigma, dtype), images, np.empty(images.shape, dtype))
     return ((images.astype(np.float64) - mu) / sigma).astype(dtype, copy=False)
+
+
+def _pixel_table(mu: float, sigma: float, dtype) -> np.ndarray:
+    """(v - mu) / sigma for each pixel value v = 0..255, in float64 and then rounded once to `dtype`:
+    looking pixels up in it gives the formula's values without a float64 copy of the images."""
+    return ((np.arange(256, dtype=np.float64) - mu) / sigma).astype(dtype)
+
+
+def _look_up(table: np.ndarray, images: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = table[images], a block of images at a time (np.take widens uint8 indices to int64)."""
+    for i in range(0, len(images), 2048):
+        np.take(table, images[i:i + 2048], out=out[i:i + 2048])
+    return out
 
 
 def add_bias(X: np.ndarray) -> np.ndarray:
@@ -334,12 +345,11 @@ def prepare_data(n_train: int = 20_000, dtype: str = "float32", n_val: int | Non
     dtype = np.dtype(dtype)
     mu, sigma = pixel_stats(raw.train_images)
 
-    table = ((np.arange(256, dtype=np.float64) - mu) / sigma).astype(dtype)  # what normalize() computes
+    table = _pixel_table(mu, sigma, dtype)  # what normalize() computes
 
     def split(images, labels) -> Split:
         X = np.empty((len(images), images.shape[1] + 1), dtype=dtype)  # filled in place: no temporaries
-        for i in range(0, len(images), 2048):  # np.take widens uint8 indices to int64: chunk by chunk
-            np.take(table, images[i:i + 2048], out=X[i:i + 2048, :-1])
+        _look_up(table, images, X[:, :-1])
         X[:, -1] = 1  # the bias trick
         labels = labels.astype(np.int64)
         Y = one_hot(labels, dtype=dtype)
@@ -774,8 +784,7 @@ class History:
 
     def model(self) -> MLP:
         """The trained network (final weights)."""
-        c = self.config
-        m = MLP(c.layer_sizes, activation=c.activation, init=c.init, dtype=c.dtype, rng=0)
+        m = initial_model(self.config)
         m.weights = [w.copy() for w in self.weights]
         return m
 
@@ -1094,8 +1103,7 @@ def run_experiments(configs: Sequence[RunConfig], *, n_jobs: int | None = None, 
             results[u] = h
             path = _cache_file(u)
             if path is not None:
-                _store_run(path, h)
-                _release_run(path)
+                _store_run(path, h)  # waiting processes look for this file, not for the lock
     finally:
         for u in todo:
             if (path := _cache_file(u)) is not None:

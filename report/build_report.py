@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
         if os.environ.get(var):
             Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
-    smoke = os.environ.get("MLP_SMOKE", "").strip().lower() in ("1", "true", "yes", "on")
+    from mlp_core import smoke_mode
+    smoke = smoke_mode()
     os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for people, not for the report
     os.environ["MLP_REPORT"] = "1"
     # A network trained by one notebook is reused by the next (same config, same code) in this
