@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+
 class MNISTDataError(RuntimeError):
     """A MNIST file is missing, damaged or could not be downloaded. The message says what to do."""
 
@@ -68,21 +69,25 @@ def mnist_dir() -> Path:
 
 def parse_idx(raw: bytes, *, magic: int, count: int | None = None, name: str = "<bytes>") -> np.ndarray:
     """Decompressed IDX bytes as uint8, (count, 784) images or (count,) labels, after checking the
-    magic number, the dimensions and that the payload has the announced length."""
+    magic number, the dimensions and that the payload has exactly the announced length."""
+    def fail(problem: str) -> MNISTDataError:
+        return MNISTDataError(f"{name}: {problem}; the file is damaged or not an MNIST IDX file. {_REMEDY}")
+
     ndim = {2051: 3, 2049: 1}.get(magic)
     if ndim is None:
         raise ValueError(f"magic must be 2051 (images) or 2049 (labels), got {magic}")
     header = 4 + 4 * ndim
-    found, dims = int.from_bytes(raw[:4], "big"), [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big")
-                                                   for i in range(ndim)]
-    problem = (f"wrong magic number {found} (expected {magic})" if len(raw) >= 4 and found != magic else
-               f"only {len(raw)} bytes, shorter than the {header}-byte IDX header" if len(raw) < header else
-               f"wrong count {dims[0]} (expected {count})" if count is not None and dims[0] != count else
-               f"wrong image size {dims[1]}x{dims[2]} (expected 28x28)" if ndim == 3 and dims[1:] != [28, 28] else
-               f"{len(raw)} bytes where the header announces {header + math.prod(dims)}"
-               if len(raw) != header + math.prod(dims) else None)
-    if problem:
-        raise MNISTDataError(f"{name}: {problem}; the file is damaged or not an MNIST IDX file. {_REMEDY}")
+    if len(raw) >= 4 and (found := int.from_bytes(raw[:4], "big")) != magic:
+        raise fail(f"wrong magic number {found} (expected {magic})")
+    if len(raw) < header:
+        raise fail(f"only {len(raw)} bytes, shorter than the {header}-byte IDX header")
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    if count is not None and dims[0] != count:
+        raise fail(f"wrong count {dims[0]} (expected {count})")
+    if ndim == 3 and dims[1:] != [28, 28]:
+        raise fail(f"wrong image size {dims[1]}x{dims[2]} (expected 28x28)")
+    if len(raw) != header + math.prod(dims):
+        raise fail(f"{len(raw)} bytes where the header announces {header + math.prod(dims)}")
     data = np.frombuffer(raw, dtype=np.uint8, offset=header)
     return data.reshape(dims[0], -1) if ndim == 3 else data
 
@@ -133,7 +138,7 @@ def download_mnist(directory: str | os.PathLike | None = None, *, base_url: str 
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=spec.name + ".", suffix=".part", dir=directory)
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, os.fdopen(fd, "wb") as out, \
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response, \
                     tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B",
                          unit_scale=True, desc=spec.name, disable=not progress, leave=False) as bar:
                 read = getattr(response, "read1", response.read)  # read1: whatever has arrived
