@@ -117,6 +117,7 @@ def steps_to(accuracy: float) -> Callable[[mlp.History], float]:
     def metric(h: mlp.History) -> float:
         reached = np.flatnonzero(np.asarray(h.val_acc) >= accuracy)
         return float(h.val_steps[reached[0]]) if reached.size else math.nan
+    metric.__qualname__ = f"steps to {100 * accuracy:.0f} %"
     return metric
 
 
@@ -138,7 +139,30 @@ class Runs(dict):
         return float(values.mean()) if values.size else math.nan
 
     def mean_std(self, label: str, metric: str | Callable, fmt: str = ".4f") -> str:
-        return mean_std(self.per_seed(label, metric), fmt, failed=self.failures(label))
+        """'mean ± std' over the seeds, naming the runs left out (failed, or never reaching a level)."""
+        values, failed = self.per_seed(label, metric), self.failures(label)
+        missing = len(self[label]) - sum(failed.values()) - len(values)
+        return mean_std(values, fmt, failed=dict(failed, **({"without a value": missing} if missing else {})))
+
+    def common_level(self, labels: Sequence[str]) -> float:
+        """The highest whole percentage, less one point, that the validation accuracy of every run of
+        `labels` reaches at some validation (as a fraction): a level all of them can be timed to."""
+        top = min(max(h.val_acc) for label in labels for h in self[label])
+        return (math.floor(100 * top) - 1) / 100
+
+    def against(self, a: str, b: str, metric: str | Callable, fmt: str = ".4f", unit: str = "") -> str:
+        """'0.1380 against 0.2977': the mean of network a against network b's, for running text."""
+        return f"{self.mean(a, metric):{fmt}}{unit} against {self.mean(b, metric):{fmt}}{unit}".replace("-", "−")
+
+    def z_score(self, label: str, metric: str | Callable, value: float) -> float:
+        """How many standard deviations of the seeds `value` lies from their mean (NaN with one seed)."""
+        v = self.per_seed(label, metric)
+        return float((value - v.mean()) / v.std(ddof=1)) if len(v) > 1 and v.std() > 0 else math.nan
+
+    def span(self, label: str, metric: str | Callable, fmt: str = ",.0f") -> str:
+        """'lowest–highest' of a metric over the seeds, as formatted ('26,376–29,626'), or one value."""
+        values = [format(v, fmt) for v in (self.per_seed(label, metric).min(), self.per_seed(label, metric).max())]
+        return values[0] if values[0] == values[1] else "–".join(values)
 
     def failures(self, label: str) -> dict[str, int]:
         """How many runs of `label` did not complete, by reason."""
@@ -160,11 +184,12 @@ class Runs(dict):
         return {h.stop_reason for hs in self.values() for h in hs}
 
     def table(self, columns: dict[str, tuple[str | Callable, str]], labels: Sequence[str] | None = None,
-              first: str = "network", names: dict[str, str] | None = None) -> pd.DataFrame:
-        """One row per network: its name, then 'mean ± std' of each column's (metric, format)."""
+              first: str = "network", seeds: bool = False) -> pd.DataFrame:
+        """One row per network: its label (and number of seeds), then 'mean ± std' of each column's
+        (metric, format)."""
         rows = []
         for label in labels or list(self):
-            row = {first: (names or {}).get(label, label)}
+            row = {first: label, **({"seeds": len(self[label])} if seeds else {})}
             row.update({col: self.mean_std(label, metric, fmt) for col, (metric, fmt) in columns.items()})
             rows.append(row)
         return pd.DataFrame(rows)
@@ -192,8 +217,12 @@ class Comparison:
             return math.nan
         if self.a.std() == 0 and self.b.std() == 0:  # no spread at all: the means decide
             return 1.0 if self.a.mean() == self.b.mean() else 0.0
+        import warnings
+
         from scipy.stats import ttest_ind
-        return float(ttest_ind(self.a, self.b, equal_var=False).pvalue)
+        with warnings.catch_warnings():  # values equal to many digits (accuracies of 100 %) are fine
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(ttest_ind(self.a, self.b, equal_var=False).pvalue)
 
     @property
     def verdict(self) -> str | None:
@@ -227,20 +256,19 @@ class ClaimNotSupported(AssertionError):
     """Raised by check() under MLP_STRICT when the runs do not support a claim of the report."""
 
 
-def check(claim: str, evidence: Comparison | bool, detail: str = "") -> bool:
+def check(claim: str, evidence: Comparison | bool, detail: str = "") -> None:
     """Back a sentence of the report with the runs. A claim that holds shows nothing; one that does not
     shows a visible note beside the text (and is listed by the report build), or raises
     ClaimNotSupported under MLP_STRICT. `evidence` is a Comparison with an expected verdict, or a bool."""
     holds = evidence.holds if isinstance(evidence, Comparison) else bool(evidence)
     detail = detail or (str(evidence) if isinstance(evidence, Comparison) else "")
     if holds:
-        return True
+        return
     if strict_mode():
         raise ClaimNotSupported(f"claim not supported by these runs: {claim!r}" + (f" ({detail})" if detail else ""))
     from IPython.display import Markdown, display
     note = f"**Not supported by these runs:** {claim}" + (f" ({detail})." if detail else ".")
     display(Markdown(f"> ⚠ {note}"), metadata={"mlp_claim": {"claim": claim, "detail": detail}})
-    return False
 
 
 # ---- number formatting ---------------------------------------------------------------------------------
@@ -257,6 +285,13 @@ def mean_std(values: Sequence[float], fmt: str = ".4f", failed: dict[str, int] |
     return text.replace("-", "−")
 
 
+def mean_std_sig(values: Sequence[float], digits: int = 3) -> str:
+    """'mean ± std' with the mean to `digits` significant digits and the std to as many decimals."""
+    v = np.asarray(values, dtype=float)
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(v.mean())))) if v.mean() else digits - 1
+    return mean_std(v, f".{decimals}f")
+
+
 def sci(x: float, digits: int = 3) -> str:
     """x in scientific notation as LaTeX math, '$1.45 \\times 10^{-8}$': for Markdown text and for Table
     cells alike (the PDF typesets it, the HTML table shows 1.45 × 10<sup>−8</sup>)."""
@@ -267,9 +302,27 @@ def sci(x: float, digits: int = 3) -> str:
     return f"${mantissa} \\times 10^{{{exponent}}}$" if mantissa not in ("1", "1.0", "1.00") else f"$10^{{{exponent}}}$"
 
 
+def tex_int(n: int) -> str:
+    """An integer with thousands separators for LaTeX math: 50{,}880 (no space after the comma)."""
+    return f"{n:,}".replace(",", "{,}")
+
+
 def seeds_note(n: int) -> str:
     """'mean ± standard deviation over 3 seeds' or 'one seed', for captions."""
     return f"mean ± standard deviation over {n} seeds" if n > 1 else "one seed"
+
+
+def runs_note(exps: Experiments) -> str:
+    """How a notebook's networks were run, for its opening: seeds, what tables and figures show, and
+    a warning in smoke mode."""
+    n, seeds = len(exps.seeds), ", ".join(map(str, exps.seeds))
+    text = (f"Every network here is trained with {n} seeds ({seeds}): tables give the mean ± standard deviation "
+            f"over the seeds, figures show the run of seed {exps.seeds[0]}." if n > 1 else
+            f"Every network here is trained with one seed ({seeds}), so there is no spread between seeds to judge "
+            f"differences against: claims that two networks differ are marked as not supported.")
+    smoke = next(iter(exps.networks.values()))
+    return text + (f" **Smoke build: every run uses {smoke.n_train:,} training images and {smoke.max_epochs} "
+                   f"epochs, so the numbers are not the protocol's.**" if smoke_mode() else "")
 
 
 # ---- tables ---------------------------------------------------------------------------------------------
@@ -294,9 +347,8 @@ class Table:
         self.df, self.caption, self.formats = df.reset_index(drop=True), caption, formats or {}
 
     def _is_text(self, column: str) -> bool:
-        values = self.df[column]
-        return values.dtype == object and any(re.search(r"[A-Za-z]", str(v).replace("$", "")) and "\\times" not in str(v)
-                                              for v in values)
+        """Words are left-aligned; numbers, 'mean ± std' and sci() values right-aligned."""
+        return any(isinstance(v, str) and re.search(r"[A-Za-z]", re.sub(r"\$[^$]*\$", "", v)) for v in self.df[column])
 
     def _styler(self, target: str):
         def cell(column: str) -> Callable:
@@ -388,10 +440,16 @@ def mean_slope(config: mlp.RunConfig, X: np.ndarray) -> tuple[float, float]:
     return float(np.mean(slopes)), float(slope(f(np.zeros(1)))[0])
 
 
-def gradient_ratios(norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Input side over output side of per-layer gradient norms (last axis: W1 ... WL): W1/WL and W2/W(L-1)."""
-    n = np.asarray(norms, dtype=float)
-    return n[..., 0] / n[..., -1], n[..., 1] / n[..., -2]
+def gradient_ratios(h: mlp.History, when: str) -> tuple[float, float]:
+    """Input side over output side of a run's per-layer gradient norms, W1/WL and W2/W(L-1): at
+    initialisation (`when` "init") or the median over its validations ("training")."""
+    n = np.asarray(h.init_grad_norms if when == "init" else h.grad_norms, dtype=float)
+    return float(np.median(n[..., 0] / n[..., -1])), float(np.median(n[..., 1] / n[..., -2]))
+
+
+def signed(x: float, fmt: str = "+.2f") -> str:
+    """A signed number with a true minus sign: '+0.57', '−1.64'."""
+    return format(x, fmt).replace("-", "−")
 
 
 def first_step_below(h: mlp.History, loss: float) -> float:
