@@ -1,15 +1,17 @@
-"""An interactive explorer for the MNIST MLP: ipywidgets controls over mlp_core.
+"""An interactive explorer for the MNIST MLP: ipywidgets controls over mlp_core and mlp_plots.
 
 `Explorer` builds the controls of one training run (network, activation, initialisation, SGD
 settings, data subsets, seed), trains with `mlp_core.train` in a background thread so the page stays
 responsive (Stop works while it trains), redraws the loss and accuracy curves at every validation,
 and keeps a table of every run of the session whose curves can be overlaid for comparison.
 
-It holds no training or plotting logic of its own: the configuration is a `mlp_core.RunConfig`
-(its ValueError messages are the inline error messages), the curves are `mlp_core.plot_loss` and
-`plot_accuracy`, the table is `mlp_core.results_table`. Plots are rendered off-screen with
-matplotlib's Agg canvas into PNG bytes for an `ipywidgets.Image`, which is safe to update from the
-training thread in JupyterLab, the classic Notebook and Voilà alike; pyplot is never touched.
+It holds no training or plotting math of its own: the configuration is a `mlp_core.RunConfig` (its
+ValueError messages, in the controls' words, are the inline error messages), the curves are
+`mlp_plots.plot_loss` and `plot_accuracy`. The numbers are typed into plain text boxes and checked
+here, so that nothing is clamped or ignored silently: whatever is invalid is explained above Train,
+which stays disabled until it is fixed. Plots are rendered off-screen with matplotlib's Agg canvas
+into PNG bytes for an `ipywidgets.Image`, which is safe to update from the training thread in
+JupyterLab, the classic Notebook and Voilà alike; pyplot is never touched.
 
 Usage in a notebook: `ui = Explorer(); ui.widget`.
 """
@@ -20,6 +22,7 @@ import dataclasses
 import html
 import io
 import math
+import re
 import threading
 import time
 import warnings
@@ -27,9 +30,10 @@ import warnings
 import ipywidgets as widgets
 
 import mlp_core
+import mlp_plots
 from mlp_core import History, RunConfig
 
-__all__ = ["Explorer", "parse_hidden_layers", "MAX_HIDDEN_LAYERS", "MAX_WIDTH"]
+__all__ = ["Explorer", "parse_hidden_layers", "run_labels", "MAX_HIDDEN_LAYERS", "MAX_WIDTH"]
 
 MAX_HIDDEN_LAYERS = 8
 MAX_WIDTH = 2048
@@ -37,20 +41,62 @@ PROTOCOL = RunConfig()  # the assignment's protocol, for the hints beside the co
 N_TRAIN_IMAGES = 60_000
 N_TEST_IMAGES = 10_000
 DEFAULTS = RunConfig(n_train=5_000, max_epochs=10)  # a run of a few seconds
+READY = "Set up a network on the left and press <b>Train</b>."
 
-# RunConfig's field names, as the controls are labelled, to turn its messages into the UI's words
+# RunConfig's field names as the controls are labelled, to turn its messages into the page's words
 _FIELD_LABELS = {
     "batch_size": "batch size", "max_epochs": "epochs", "n_train": "training subset",
-    "n_val": "validation subset", "learning_rate": "learning rate", "momentum": "momentum γ",
-    "patience": "patience", "seed": "seed", "layer_sizes": "layer sizes",
+    "n_val": "validation subset", "learning_rate": "learning rate α", "momentum": "momentum γ",
+    "patience": "patience", "seed": "seed", "layer_sizes": "layer sizes", ">=": "≥", "<=": "≤",
 }
-_STOP_REASONS = {
-    "max_epochs": "reached the last epoch",
-    "early_stopping": "stopped early (no new lowest validation loss for {patience} validations)",
-    "stopped": "stopped by you",
-    "non_finite_loss": "the training loss became non-finite",
-    "interrupted": "interrupted",
+# How a run ended (History.stop_reason), in words: the table's "stopped by" and the status line
+STOP_REASONS = {
+    "max_epochs": ("last epoch", "reached the last epoch"),
+    "early_stopping": ("early stopping", "stopped early (no new lowest validation loss for {patience} validations)"),
+    "stopped": ("stopped by you", "was stopped by you"),
+    "diverged": ("diverged", "diverged"),
+    "interrupted": ("interrupted", "was interrupted"),
 }
+
+
+def _number(value: float) -> str:
+    """Learning rates and momenta, the same everywhere: three significant digits."""
+    return f"{value:.3g}"
+
+
+def _hidden_text(config: RunConfig) -> str:
+    return ", ".join(map(str, config.layer_sizes[:-1]))
+
+
+# A run's settings as legends and the Compare list write them, in this order
+_SETTINGS = {
+    "hidden": lambda c: f"[{_hidden_text(c)}]",
+    "activation": lambda c: c.activation.replace("_", " "),
+    "init": lambda c: f"{c.init.replace('_', '-')} init",
+    "lr": lambda c: f"lr {_number(c.learning_rate)}",
+    "momentum": lambda c: f"γ {_number(c.momentum)}",
+    "batch": lambda c: f"batch {c.batch_size}",
+    "epochs": lambda c: f"{c.max_epochs} epoch" + "s" * (c.max_epochs != 1),
+    "n_train": lambda c: f"{c.n_train:,} training images",
+    "n_val": lambda c: f"{c.n_val:,} validation images",
+    "patience": lambda c: f"patience {c.patience}",
+    "seed": lambda c: f"seed {c.seed}",
+}
+MAIN_SETTINGS = ("hidden", "activation", "init", "lr", "momentum", "batch")
+
+
+def run_labels(configs, always=()) -> list[str]:
+    """A label per run: its name (#n) and the settings in which the runs differ, plus `always`,
+    e.g. ["#1 sigmoid, uniform init", "#2 improved sigmoid, fan-in init"]."""
+    shown = [key for key, text in _SETTINGS.items()
+             if key in always or len({text(c) for c in configs}) > 1]
+    labels = []
+    for c in configs:
+        parts = [_SETTINGS[key](c) for key in shown]
+        if shown[:1] == ["hidden"] and len(parts) > 1:  # "[64] sigmoid, ..." rather than "[64], sigmoid"
+            parts[:2] = [" ".join(parts[:2])]
+        labels.append(" ".join([c.name] + [", ".join(parts)] * bool(parts)))
+    return labels
 
 
 def parse_hidden_layers(text: str) -> tuple[int, ...]:
@@ -73,6 +119,24 @@ def parse_hidden_layers(text: str) -> tuple[int, ...]:
     return tuple(widths)
 
 
+def _parse_int(text: str, label: str) -> int:
+    token = text.strip().replace("_", "")
+    if re.fullmatch(r"\d{1,3}(,\d{3})+", token):  # thousands separators: 5,000
+        token = token.replace(",", "")
+    if not re.fullmatch(r"[+-]?\d+", token):
+        raise ValueError(f"{label} must be a whole number, got {text.strip()!r}" if text.strip() else
+                         f"enter the {label}")
+    return int(token)
+
+
+def _parse_float(text: str, label: str) -> float:
+    try:
+        return float(text.strip())
+    except ValueError:
+        raise ValueError(f"{label} must be a number such as 0.1 or 1e-3, got {text.strip()!r}" if text.strip()
+                         else f"enter the {label}") from None
+
+
 def _friendly(message: str) -> str:
     for name, label in _FIELD_LABELS.items():
         message = message.replace(name, label)
@@ -85,7 +149,7 @@ def _snapshot(hist: History) -> History:
         hist, train_loss=list(hist.train_loss), val_steps=list(hist.val_steps),
         train_loss_full=list(hist.train_loss_full), train_acc=list(hist.train_acc),
         val_loss=list(hist.val_loss), val_acc=list(hist.val_acc), grad_norms=[], init_grad_norms=[],
-        epoch_times=list(hist.epoch_times), final={}, weights=[])
+        epoch_times=list(hist.epoch_times), step_times=[], final={}, weights=[])
 
 
 def _dataset(config: RunConfig) -> mlp_core.Dataset:
@@ -102,10 +166,6 @@ def _color(run_id: int) -> str:
     return f"C{(run_id - 1) % 10}"
 
 
-def _hidden_text(config: RunConfig) -> str:
-    return ", ".join(map(str, config.layer_sizes[:-1]))
-
-
 _CSS = """<style>
 .mlp-explorer-table { border-collapse: collapse; font-size: 12px; font-variant-numeric: tabular-nums; }
 .mlp-explorer-table th, .mlp-explorer-table td { padding: 3px 8px; text-align: right; white-space: nowrap;
@@ -113,6 +173,8 @@ _CSS = """<style>
 .mlp-explorer-table th { font-weight: 600; border-bottom: 1px solid rgba(128, 128, 128, 0.7); }
 .mlp-explorer-table td:first-child, .mlp-explorer-table th:first-child { text-align: left; }
 .mlp-explorer-table tbody tr:hover { background: rgba(128, 128, 128, 0.1); }
+.mlp-explorer .mlp-invalid input { border-color: #b00020; box-shadow: inset 0 0 0 1px #b00020; }
+.mlp-explorer .mlp-runs-list select { font-variant-numeric: tabular-nums; }
 </style>"""
 
 
@@ -122,6 +184,7 @@ class Explorer:
     `defaults` sets the initial control values (a RunConfig; the hidden layers, activation,
     initialisation, learning rate, momentum, batch size, epochs, subsets, patience and seed are
     taken from it). `redraw_interval` is the least number of seconds between two live redraws.
+    The number boxes are text boxes: set them from Python with strings, e.g. `ui.epochs.value = "20"`.
     """
 
     def __init__(self, defaults: RunConfig = DEFAULTS, *, redraw_interval: float = 0.5):
@@ -137,49 +200,46 @@ class Explorer:
 
         d = defaults
         label = {"description_width": "140px"}
-        wide = widgets.Layout(width="390px")
+        wide = widgets.Layout(width="390px", margin="1px 0")
 
         def section(title: str) -> widgets.HTML:
-            return widgets.HTML(f"<b>{html.escape(title)}</b>", layout=widgets.Layout(margin="8px 0 2px 0"))
+            return widgets.HTML(f"<b>{html.escape(title)}</b>", layout=widgets.Layout(margin="6px 0 0 0"))
+
+        def number(value, description: str, css: str, tooltip: str = "") -> widgets.Text:
+            box = widgets.Text(value=str(value), description=description, tooltip=tooltip, style=label,
+                               layout=wide, continuous_update=True)
+            box.add_class(css)
+            return box
 
         # Network
         self.hidden = widgets.Text(
             value=_hidden_text(d), description="Hidden layers", placeholder="e.g. 64 or 60, 60",
             tooltip="Widths of the hidden layers, separated by commas; the output layer (10) is added",
             style=label, layout=wide, continuous_update=True)
-        self.hidden_error = widgets.HTML("", layout=widgets.Layout(margin="0 0 0 146px", width="244px"))
+        self.hidden.add_class("mlp-hidden")
         self.activation = widgets.Dropdown(
-            options=[("sigmoid", "sigmoid"), ("improved sigmoid  1.7159 tanh(2z/3)", "improved_sigmoid")],
-            value=d.activation, description="Activation", style=label, layout=wide)
+            options=[("sigmoid", "sigmoid"), ("improved sigmoid", "improved_sigmoid")], value=d.activation,
+            description="Activation", tooltip="improved sigmoid: 1.7159 tanh(2z/3)", style=label, layout=wide)
         self.init = widgets.Dropdown(
-            options=[("uniform in [-1, 1]", "uniform"), ("fan-in normal  N(0, 1/fan-in)", "fan_in")],
-            value=d.init, description="Initialisation", style=label, layout=wide)
-        # Optimisation
-        self.learning_rate = widgets.FloatLogSlider(
-            value=d.learning_rate, base=10, min=-4, max=0.5, step=0.05, description="Learning rate α",
-            readout_format=".3g", style=label, layout=wide, continuous_update=False)
-        self.momentum = widgets.FloatSlider(
-            value=d.momentum, min=0.0, max=0.99, step=0.01, description="Momentum γ",
-            tooltip="0 switches momentum off; the assignment uses 0.9", readout_format=".2f",
-            style=label, layout=wide, continuous_update=False)
-        self.batch_size = widgets.BoundedIntText(
-            value=d.batch_size, min=1, max=N_TRAIN_IMAGES, description="Batch size", style=label, layout=wide)
-        self.epochs = widgets.BoundedIntText(
-            value=d.max_epochs, min=1, max=500, description="Epochs (max)", style=label, layout=wide)
-        self.patience = widgets.BoundedIntText(
-            value=d.patience, min=1, max=10_000, description="Early-stop patience",
-            tooltip="Stop after this many validations without a new lowest validation loss",
-            style=label, layout=wide)
+            options=[("uniform in [-1, 1]", "uniform"), ("normal, std 1/√fan-in", "fan_in")], value=d.init,
+            description="Initialisation", style=label, layout=wide)
+        # Training
+        self.learning_rate = number(_number(d.learning_rate), "Learning rate α", "mlp-learning-rate",
+                                    "A number > 0, e.g. 0.1 or 1e-3")
+        self.momentum = number(_number(d.momentum), "Momentum γ", "mlp-momentum",
+                               "From 0 (no momentum) up to, but not including, 1; the assignment uses 0.9")
+        self.batch_size = number(d.batch_size, "Batch size", "mlp-batch-size")
+        self.epochs = number(d.max_epochs, "Epochs (max)", "mlp-epochs")
+        self.patience = number(d.patience, "Early-stop patience", "mlp-patience",
+                               "Stop after this many validations without a new lowest validation loss")
         # Data
-        self.n_train = widgets.BoundedIntText(
-            value=d.n_train, min=1, max=N_TRAIN_IMAGES, description="Training subset",
-            tooltip=f"The first N training images (protocol: {PROTOCOL.n_train:,})", style=label, layout=wide)
-        self.n_val = widgets.BoundedIntText(
-            value=d.n_val, min=1, max=N_TEST_IMAGES, description="Validation subset",
-            tooltip=f"The first N test images (protocol: {PROTOCOL.n_val:,})", style=label, layout=wide)
-        self.seed = widgets.BoundedIntText(
-            value=d.seed, min=0, max=2**31 - 1, description="Seed", style=label, layout=wide)
-        self.config_info = widgets.HTML("", layout=widgets.Layout(width="390px", margin="6px 0 0 0"))
+        self.n_train = number(d.n_train, "Training subset", "mlp-n-train",
+                              f"The first N of the {N_TRAIN_IMAGES:,} training images (protocol: {PROTOCOL.n_train:,})")
+        self.n_val = number(d.n_val, "Validation subset", "mlp-n-val",
+                            f"The first N of the {N_TEST_IMAGES:,} test images (protocol: {PROTOCOL.n_val:,})")
+        self.seed = number(d.seed, "Seed", "mlp-seed", "Seeds the initial weights and the shuffling")
+        self.config_info = widgets.HTML("", layout=widgets.Layout(width="390px", margin="4px 0 0 0"))
+        self.config_info.add_class("mlp-config-info")
 
         self.train_button = widgets.Button(description="Train", button_style="primary", icon="play",
                                            tooltip="Train a network with these settings")
@@ -194,13 +254,15 @@ class Explorer:
         self.plot = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="912px",
                                                                           height="auto"))
         self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="98%"))
-        self.status = widgets.HTML("Set up a network on the left and press <b>Train</b>.",
-                                   layout=widgets.Layout(width="98%"))
+        self.progress.add_class("mlp-progress")
+        self.status = widgets.HTML(READY, layout=widgets.Layout(width="98%"))
+        self.status.add_class("mlp-status")
 
         # Runs
         self.runs = widgets.SelectMultiple(options=[], rows=6, description="Compare",
                                            tooltip="Select runs (Ctrl/Shift-click) to overlay their curves",
-                                           layout=widgets.Layout(width="520px"))
+                                           layout=widgets.Layout(width="760px", max_width="100%"))
+        self.runs.add_class("mlp-runs-list")
         self.select_all_button = widgets.Button(description="Select all", icon="check-square",
                                                 layout=widgets.Layout(width="140px"))
         self.clear_button = widgets.Button(description="Clear runs", icon="trash",
@@ -213,20 +275,20 @@ class Explorer:
         self.table = widgets.HTML("", layout=widgets.Layout(width="100%", overflow="auto"))
         self.table.add_class("mlp-runs")
 
-        for control in (self.hidden, self.activation, self.init, self.learning_rate, self.momentum,
-                        self.batch_size, self.epochs, self.patience, self.n_train, self.n_val, self.seed):
+        # the controls RunConfig's messages name, to mark the one a message is about
+        self._fields = {"layer_sizes": self.hidden, "learning_rate": self.learning_rate,
+                        "momentum": self.momentum, "batch_size": self.batch_size, "max_epochs": self.epochs,
+                        "patience": self.patience, "n_train": self.n_train, "n_val": self.n_val,
+                        "seed": self.seed}
+        for control in (self.hidden, self.activation, self.init, *self._fields.values()):
             control.observe(lambda _: self._check(), names="value")
-        for control, css in ((self.hidden, "mlp-hidden"), (self.epochs, "mlp-epochs"),
-                             (self.n_train, "mlp-n-train"), (self.n_val, "mlp-n-val"),
-                             (self.batch_size, "mlp-batch-size")):
-            control.add_class(css)
 
         controls = widgets.VBox([
-            section("Network"), self.hidden, self.hidden_error, self.activation, self.init,
+            section("Network"), self.hidden, self.activation, self.init,
             section("Training"), self.learning_rate, self.momentum, self.batch_size, self.epochs, self.patience,
             section("Data"), self.n_train, self.n_val, self.seed,
             self.config_info,
-            widgets.HBox([self.train_button, self.stop_button], layout=widgets.Layout(margin="8px 0 0 0")),
+            widgets.HBox([self.train_button, self.stop_button], layout=widgets.Layout(margin="6px 0 0 0")),
         ], layout=widgets.Layout(width="400px", min_width="400px"))
         live = widgets.VBox([self.plot, self.progress, self.status],
                             layout=widgets.Layout(flex="1 1 560px", min_width="480px"))
@@ -237,6 +299,7 @@ class Explorer:
             self.table,
         ], layout=widgets.Layout(margin="12px 0 0 0"))
         self.widget = widgets.VBox([
+            widgets.HTML(_CSS, layout=widgets.Layout(display="none")),
             widgets.HBox([controls, live], layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start")),
             runs,
         ])
@@ -252,41 +315,51 @@ class Explorer:
     # -------------------------------------------------------------------------------- settings
 
     def config(self) -> RunConfig:
-        """The RunConfig the controls describe; ValueError (in the UI's words) if they are invalid."""
-        hidden = parse_hidden_layers(self.hidden.value)
+        """The RunConfig the controls describe; ValueError (in the page's words) if they are invalid."""
+        config, problems = self._read()
+        if problems:
+            raise ValueError("; ".join(problems.values()))
+        return config
+
+    def _read(self) -> tuple[RunConfig | None, dict]:
+        """The RunConfig of the controls, or None and {control: message} of everything that is wrong."""
+        values, problems = {}, {}
+        for name, control in self._fields.items():
+            try:
+                if name == "layer_sizes":
+                    values[name] = parse_hidden_layers(control.value) + (mlp_core.NUM_CLASSES,)
+                else:
+                    parse = _parse_float if name in ("learning_rate", "momentum") else _parse_int
+                    values[name] = parse(control.value, _FIELD_LABELS[name])
+            except ValueError as exc:
+                problems[control] = str(exc)
+        for name, most, what in (("n_train", N_TRAIN_IMAGES, "MNIST training images"),
+                                 ("n_val", N_TEST_IMAGES, "MNIST test images")):
+            if values.get(name, 0) > most:
+                problems[self._fields[name]] = (f"{_FIELD_LABELS[name]} must be at most {most:,} (the {what}), "
+                                                f"got {values[name]:,}")
+        if problems:
+            return None, problems
         try:
-            return RunConfig(
-                layer_sizes=hidden + (mlp_core.NUM_CLASSES,), activation=self.activation.value,
-                init=self.init.value, learning_rate=float(self.learning_rate.value),
-                momentum=float(self.momentum.value), batch_size=int(self.batch_size.value),
-                max_epochs=int(self.epochs.value), n_train=int(self.n_train.value), n_val=int(self.n_val.value),
-                patience=int(self.patience.value), seed=int(self.seed.value))
-        except ValueError as exc:
-            raise ValueError(_friendly(str(exc))) from None
+            return RunConfig(activation=self.activation.value, init=self.init.value, **values), {}
+        except ValueError as exc:  # RunConfig's message begins with the field it is about
+            control = self._fields.get(str(exc).split()[0], self.hidden)
+            return None, {control: _friendly(str(exc))}
 
     def _check(self) -> RunConfig | None:
-        """Validate the controls, show what is wrong inline and enable Train only when all is well."""
-        config = None
-        try:
-            parse_hidden_layers(self.hidden.value)
-            self.hidden_error.value = ""
-        except ValueError as exc:
-            self.hidden_error.value = _error_html(str(exc))
+        """Validate the controls, explain what is wrong inline and enable Train only when all is well."""
+        config, problems = self._read()
+        for control in self._fields.values():
+            (control.add_class if control in problems else control.remove_class)("mlp-invalid")
+        if config is None:
+            self.config_info.value = "".join(_error_html(message) for message in problems.values())
         else:
-            try:
-                config = self.config()
-            except ValueError as exc:
-                self.config_info.value = _error_html(str(exc))
-        if config is not None:
             sizes = " → ".join(map(str, (mlp_core.INPUT_SIZE,) + config.layer_sizes))
             weights = mlp_core.count_parameters(config.layer_sizes)
             self.config_info.value = (
-                f"<div style='color:#555;font-size:12px;line-height:1.5'>{sizes}: {weights:,} weights<br>"
+                f"<div style='color:#555;font-size:12px;line-height:1.4'>{sizes}: {weights:,} weights<br>"
                 f"{config.steps_per_epoch:,} steps per epoch, validation every "
-                f"{config.validation_interval:,} steps<br>"
-                f"Protocol: {PROTOCOL.n_train:,} training and {PROTOCOL.n_val:,} validation images</div>")
-        elif self.hidden_error.value:
-            self.config_info.value = ""
+                f"{config.validation_interval:,} steps</div>")
         self.train_button.disabled = config is None or self.running
         return config
 
@@ -338,6 +411,8 @@ class Explorer:
             self.histories = []
             if not self.running:
                 self._next_id = 1
+                self.progress.bar_style, self.progress.value = "", 0
+                self.status.value = READY
             self._set_runs_options(selected=())
         self._update_table()
         self._draw()
@@ -346,24 +421,28 @@ class Explorer:
         self.runs.value = tuple(value for _, value in self.runs.options)
 
     def results(self):
-        """The table of every finished run: its settings, then mlp_core.results_table's metrics."""
+        """A pandas DataFrame of every finished run: its settings, final metrics (accuracies in %),
+        best validation loss and its step, steps taken, how it ended (in words) and seconds per epoch."""
         import pandas as pd
         with self._lock:
             histories = list(self.histories)
-        columns = ["run", "hidden", "activation", "init", "lr", "γ", "batch", "epochs", "train n", "val n",
-                   "seed"]
-        metrics = mlp_core.results_table(histories)
-        if metrics.empty:
-            return pd.DataFrame(columns=columns + ["train loss", "val loss", "train acc", "val acc",
-                                                   "best val loss", "best step", "steps", "stopped by",
-                                                   "s / epoch"])
-        settings = pd.DataFrame([{
-            "hidden": _hidden_text(c), "activation": c.activation.replace("_", " "),
-            "init": c.init.replace("_", "-"), "lr": c.learning_rate, "γ": c.momentum, "batch": c.batch_size,
-            "epochs": c.max_epochs, "train n": c.n_train, "val n": c.n_val,
-        } for c in (h.config for h in histories)])
-        return pd.concat([metrics[["run"]], settings, metrics[["seed"]], metrics.drop(columns=["run", "seed"])],
-                         axis=1)
+        rows = []
+        for h in histories:
+            c, final = h.config, h.final
+            rows.append({
+                "run": c.name, "hidden": _hidden_text(c), "activation": c.activation.replace("_", " "),
+                "init": c.init.replace("_", "-"), "lr": c.learning_rate, "γ": c.momentum,
+                "batch": c.batch_size, "epochs": c.max_epochs, "train n": c.n_train, "val n": c.n_val,
+                "seed": c.seed, "train loss": final.get("train_loss", math.nan),
+                "val loss": final.get("val_loss", math.nan),
+                "train acc (%)": 100 * final.get("train_acc", math.nan),
+                "val acc (%)": 100 * final.get("val_acc", math.nan),
+                "best val loss": h.best_val_loss if h.val_steps else math.nan,
+                "best step": h.best_step, "steps": h.steps,
+                "stopped by": STOP_REASONS.get(h.stop_reason, (h.stop_reason,))[0],
+                "s / epoch": sum(h.epoch_times) / len(h.epoch_times) if h.epoch_times else math.nan,
+            })
+        return pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
 
     # -------------------------------------------------------------------------------- training thread
 
@@ -376,12 +455,12 @@ class Explorer:
                 message, style = f"Run {config.name} was stopped before it started.", "warning"
                 return
             self.status.value = f"Run {config.name}: training…"
-            # train() warns (RuntimeWarning) when the loss diverges; show that inline, not on stderr
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            # train() warns (RuntimeWarning) when a run diverges; History.message is shown instead
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
                 hist = mlp_core.train(config, data, progress=False, callback=self._on_validation,
                                       should_stop=self._stop_event.is_set)
-            message, style = self._summary(hist, time.perf_counter() - started, caught)
+            message, style = self._summary(hist, time.perf_counter() - started)
         except Exception as exc:  # never a traceback in the page: say what went wrong
             message = _error_html(f"Run {config.name} failed: {_friendly(str(exc)) or type(exc).__name__}")
         finally:
@@ -416,25 +495,26 @@ class Explorer:
         if time.monotonic() - self._last_draw >= self.redraw_interval:
             self._draw()
 
-    def _summary(self, hist: History, seconds: float, caught) -> tuple[str, str]:
+    @staticmethod
+    def _summary(hist: History, seconds: float) -> tuple[str, str]:
+        """The status line of a finished run and the progress bar's style."""
         c = hist.config
-        reason = _STOP_REASONS.get(hist.stop_reason, hist.stop_reason).format(patience=c.patience)
-        if hist.stop_reason == "non_finite_loss":
-            detail = "; ".join(str(w.message) for w in caught) or "try a smaller learning rate"
-            return _error_html(f"Run {c.name}: {reason}. {detail}"), "danger"
+        if hist.stop_reason == "diverged":
+            return _error_html(hist.message or f"Run {c.name} diverged."), "danger"
+        reason = STOP_REASONS.get(hist.stop_reason, ("", hist.stop_reason))[1].format(patience=c.patience)
         final = hist.final
         text = (f"Run {c.name} {reason} after {hist.steps:,} steps in {seconds:.1f} s: validation loss "
                 f"{final['val_loss']:.4f}, accuracy {100 * final['val_acc']:.2f} % "
                 f"(training accuracy {100 * final['train_acc']:.2f} %).")
-        return text, ("warning" if hist.stop_reason == "stopped" else "success")
+        return text, ("success" if hist.completed else "warning")
 
     # -------------------------------------------------------------------------------- views
 
     def _set_runs_options(self, selected: tuple[int, ...]) -> None:
         self._syncing_selection = True
         try:
-            self.runs.options = [(f"{h.config.name}  {mlp_core.describe(h.config)}, batch {h.config.batch_size}",
-                                  _run_id(h)) for h in self.histories]
+            labels = run_labels([h.config for h in self.histories], always=MAIN_SETTINGS)
+            self.runs.options = [(label, _run_id(h)) for label, h in zip(labels, self.histories)]
             ids = {_run_id(h) for h in self.histories}
             self.runs.value = tuple(i for i in selected if i in ids)
         finally:
@@ -449,13 +529,14 @@ class Explorer:
         if df.empty:
             self.table.value = "<i style='color:#777'>No runs yet.</i>"
             return
-        percent = lambda v: "–" if math.isnan(v) else f"{100 * v:.2f} %"
-        number = lambda v: "–" if math.isnan(v) else f"{v:.4f}"
-        formatters = {"train loss": number, "val loss": number, "best val loss": number,
-                      "train acc": percent, "val acc": percent, "lr": lambda v: f"{v:.3g}",
-                      "γ": lambda v: f"{v:g}", "s / epoch": lambda v: "–" if math.isnan(v) else f"{v:.2f}"}
-        body = df.to_html(index=False, border=0, classes="mlp-explorer-table", formatters=formatters,
-                          na_rep="–")
+        fixed = lambda digits, unit="": lambda v: "–" if math.isnan(v) else f"{v:.{digits}f}{unit}"  # noqa: E731
+        formatters = {"train loss": fixed(4), "val loss": fixed(4), "best val loss": fixed(4),
+                      "train acc (%)": fixed(2, " %"), "val acc (%)": fixed(2, " %"), "lr": _number, "γ": _number,
+                      "s / epoch": fixed(2), "best step": lambda v: "–" if v < 0 else f"{v:,}",
+                      "steps": "{:,}".format, "train n": "{:,}".format, "val n": "{:,}".format}
+        body = df.rename(columns={"train acc (%)": "train acc", "val acc (%)": "val acc"}).to_html(
+            index=False, border=0, classes="mlp-explorer-table", na_rep="–",
+            formatters={k.replace(" (%)", ""): f for k, f in formatters.items()})
         self.table.value = _CSS + body
 
     def _draw(self) -> None:
@@ -470,48 +551,51 @@ class Explorer:
             shown = [h for h in self.histories if _run_id(h) in chosen]
             if self._live is not None:
                 shown.append(self._live)
-            fig = Figure(figsize=(7.6, 3.0), dpi=120)
+            labels = run_labels([h.config for h in shown], always=MAIN_SETTINGS if len(shown) == 1 else ())
+            handles = [Line2D([], [], color=_color(_run_id(h)), lw=2,
+                              label=label + (" (training…)" if h is self._live else ""))
+                       for h, label in zip(shown, labels)]
+            if shown:
+                handles += [Line2D([], [], color="0.35", lw=1.2, label="training"),
+                            Line2D([], [], color="0.35", lw=1.2, ls="--", label="validation")]
+            # the legend goes below both plots: the figure grows by one line per row of it
+            widest = max((len(h.get_label()) for h in handles), default=0)
+            ncol = 1 if len(handles) <= 3 else max(1, min(3, 110 // (widest + 6)))  # ~110 characters a line
+            legend = 0.2 * math.ceil(len(handles) / ncol) + 0.1 if handles else 0.0
+            height = 3.0 + legend
+            fig = Figure(figsize=(7.6, height), dpi=120)
             FigureCanvasAgg(fig)
             # fixed margins: a constrained layout would double the cost of every live redraw
-            ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw=dict(left=0.08, right=0.99, bottom=0.15, top=0.91,
-                                                                   wspace=0.24))
-            handles = []
+            ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw=dict(
+                left=0.08, right=0.99, bottom=(0.45 + legend) / height, top=1 - 0.27 / height, wspace=0.24))
             for h in shown:
-                color = _color(_run_id(h))
-                window = h.config.validation_interval
-                mlp_core.plot_loss(h, ax=ax_loss, window=window, colors=[color], band=True)
-                mlp_core.plot_accuracy(h, ax=ax_acc, colors=[color])
-                live = " (training…)" if h is self._live else ""
-                handles.append(Line2D([], [], color=color, lw=2, label=_legend_label(h.config) + live))
+                color = [_color(_run_id(h))]
+                mlp_plots.plot_loss(h, ax_loss, window=h.config.validation_interval, colors=color, band=True)
+                mlp_plots.plot_accuracy(h, ax_acc, colors=color)
             ax_loss.set_title("Loss")
             ax_acc.set_title("Accuracy")
             if shown:
                 _limit_loss_axis(ax_loss, shown)
-                handles += [Line2D([], [], color="0.35", lw=1.2, label="training"),
-                            Line2D([], [], color="0.35", lw=1.2, ls="--", label="validation")]
-                ax_acc.legend(handles=handles, loc="lower right", fontsize=8, ncols=2 if len(handles) > 6 else 1)
+                fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=ncol,
+                           fontsize=8, frameon=False)
             else:
                 for ax in (ax_loss, ax_acc):
-                    ax.set_xlabel("gradient step")
+                    mlp_plots.steps_axis(ax)
                     ax.set_xticks([])
                     ax.set_yticks([])
                     ax.text(0.5, 0.5, "Press Train to start a run,\nor select runs below to compare them",
                             ha="center", va="center", transform=ax.transAxes, color="0.5")
                 ax_loss.set_ylabel("cross-entropy loss")
-                ax_acc.set_ylabel("accuracy")
+                ax_acc.set_ylabel("accuracy (%)")
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png")
             self.plot.value = buffer.getvalue()  # inside the lock: an older image never replaces a newer one
 
 
-def _legend_label(c: RunConfig) -> str:
-    momentum = f", γ {c.momentum:g}" if c.momentum else ""
-    return f"{c.name} [{_hidden_text(c)}], lr {c.learning_rate:.3g}{momentum}"
-
-
 def _limit_loss_axis(ax, runs) -> None:
-    """Keep the first validations' large losses from squashing the rest of the loss curves."""
-    tails = [v for h in runs for v in h.val_loss[1:] if math.isfinite(v)]
+    """Keep the first validations' large losses, and diverged runs, from squashing the other curves."""
+    kept = [h for h in runs if h.stop_reason != "diverged"] or runs
+    tails = [v for h in kept for v in h.val_loss[1:] if math.isfinite(v)]
     if len(tails) >= 2:
         ax.set_ylim(0, 1.15 * max(tails))
 

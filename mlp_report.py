@@ -142,6 +142,8 @@ class Runs(dict):
         """'mean ± std' over the seeds, naming the runs left out (failed, or never reaching a level)."""
         values, failed = self.per_seed(label, metric), self.failures(label)
         missing = len(self[label]) - sum(failed.values()) - len(values)
+        if not values.size:
+            return "–"
         return mean_std(values, fmt, failed=dict(failed, **({"without a value": missing} if missing else {})))
 
     def common_level(self, labels: Sequence[str]) -> float:
@@ -330,10 +332,10 @@ def runs_note(exps: Experiments) -> str:
 def _html_math(text: str) -> str:
     """Simple LaTeX math ($W_{11}$, $1.5 \\times 10^{-8}$) in HTML-escaped text as HTML."""
     def convert(m: re.Match) -> str:
-        s = m.group(1).replace("\\times", "×").replace("\\pm", "±").replace("\\cdot", "·").replace("-", "−")
+        s = m.group(1).replace("\\times", "\u2009×\u2009").replace("\\pm", "±").replace("\\cdot", "·").replace("-", "−")
         s = re.sub(r"([_^])\{([^}]*)\}|([_^])(\w)", lambda t: "<{0}>{1}</{0}>".format(
             "sub" if (t.group(1) or t.group(3)) == "_" else "sup", t.group(2) or t.group(4)), s)
-        return f"<span class=\"mlp-math\">{s.replace(' ', '')}</span>" if "<" in s else s.replace(" ", "\u2009")
+        return f"<span class=\"mlp-math\">{s.replace(' ', '')}</span>" if "<" in s else s
     return re.sub(r"\$([^$]+)\$", convert, text)
 
 

@@ -30,6 +30,7 @@ from concurrent.futures.process import BrokenProcessPool
 import os
 import signal
 import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -156,8 +157,12 @@ def _train_quietly(config: mlp.RunConfig) -> mlp.History:
 
 
 def _progress(total: int, desc: str, enabled: bool):
+    """One bar over the runs: a widget in Jupyter, a line on a terminal (redrawn rarely in a log file)."""
+    import sys
+
     from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit="run", disable=not enabled or total == 0, leave=True, dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 30,
                 bar_format="{desc}: {n}/{total} runs |{bar}| {elapsed} elapsed, ~{remaining} left{postfix}")
 
 
@@ -208,7 +213,7 @@ def _train_all(todo: list[mlp.RunConfig], n_jobs: int | None, progress: bool, de
     try:
         if n_jobs == 1:
             for config in todo:
-                bar.set_postfix_str(_describe(config), refresh=True)
+                bar.set_postfix_str(_describe(config), refresh=False)
                 h = _train_quietly(config)
                 if h.stop_reason == "interrupted":
                     raise KeyboardInterrupt
@@ -223,7 +228,9 @@ def _train_all(todo: list[mlp.RunConfig], n_jobs: int | None, progress: bool, de
                 while waiting and len(running) < n_jobs:
                     config = waiting.pop(0)
                     running[pool.submit(_train_quietly, config)] = _describe(config)
-                bar.set_postfix_str("; ".join(running.values()), refresh=True)
+                bar.set_postfix_str("; ".join(running.values()), refresh=False)
+                if time.time() - bar.last_print_t >= bar.mininterval:  # tqdm keeps time.time()
+                    bar.refresh()  # the elapsed time and the estimate tick on while the runs train
                 done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     del running[future]

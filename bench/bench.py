@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench.py            # the full benchmark (about a minute and a half)
     .venv/bin/python bench/bench.py --quick    # a few seconds, small data: checks that it runs
+    .venv/bin/python bench/bench.py --against 78208ef   # today's mlp_core beside that commit's (~1 min)
 
 For the networks [64], [128] and ten hidden layers of 64, one process runs, interleaved and
 repeated, one protocol epoch (reshuffle, 625 steps of 32 images, a validation every 125 steps
@@ -28,6 +29,16 @@ kernel hands out and takes back memory: where its "sys ms" is high, its steps we
 Then: how closely float32 and float64 runs of the same seed agree (and the reference with
 mlp_core in float64), and the peak memory of a training run of each network (bench/measure_memory.py).
 
+With --against REF, the benchmark above is replaced by a side-by-side comparison: the mlp_core.py
+of the git commit REF is loaded (from git, as a separate module) into the same process as today's,
+and one protocol epoch of train() (float32, one BLAS thread, the same data and seed) of each is
+timed, interleaved and repeated (15 times by default, alternating which goes first), per network.
+The table gives the median epoch time of each and the ratio today/REF, of the whole epoch, of its
+training steps and of its validations, and says whether both took bit-identical training steps
+(the same batch losses). The project's requirement: the [64] float32 protocol epoch of today's
+mlp_core stays within 5 % of that of 78208ef, measured this way in one run; its line says whether
+that holds. Timings on a busy machine are noisy: the header gives the load average at the start.
+
 The BLAS kernel matters: on machines that set OPENBLAS_CORETYPE (see the header line), OpenBLAS
 runs an older, slower kernel than the processor supports. To benchmark the processor's own kernel,
 unset that variable and OPENBLAS_L2_SIZE together for that one command:
@@ -36,12 +47,16 @@ unset that variable and OPENBLAS_L2_SIZE together for that one command:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import linecache
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +64,8 @@ import numpy as np
 from threadpoolctl import threadpool_info, threadpool_limits
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
@@ -80,22 +96,25 @@ def _system_time() -> float:
 
 # ---- the implementations ------------------------------------------------------------------------
 
-def time_mlp_core(config: mlp.RunConfig, data: mlp.Dataset, blas_threads: int) -> tuple[Timing, mlp.History]:
-    """One protocol epoch of mlp_core.train; its validations are timed by wrapping mlp._validate."""
+def time_mlp_core(config: mlp.RunConfig, data: mlp.Dataset, blas_threads: int,
+                  core: types.ModuleType = mlp) -> tuple[Timing, mlp.History]:
+    """One protocol epoch of `core`.train (today's mlp_core, or an earlier one: see load_core_at, and
+    `config` must then be its RunConfig). Its validations are timed by wrapping core._validate, which
+    train() looks up at every call; the steps' time is the epoch's minus theirs."""
     times = []
-    original = mlp._validate
+    original = core._validate
 
     def timed(*args):
         t0 = time.perf_counter()
         original(*args)
         times.append(time.perf_counter() - t0)
 
-    mlp._validate = timed
+    core._validate = timed
     sys0 = _system_time()
     try:
-        hist = mlp.train(config.replace(max_epochs=1), data, progress=False, blas_threads=blas_threads)
+        hist = core.train(config.replace(max_epochs=1), data, progress=False, blas_threads=blas_threads)
     finally:
-        mlp._validate = original
+        core._validate = original
     epoch = hist.epoch_times[0]
     return Timing(epoch, statistics.median(times), (epoch - sum(times)) / config.steps_per_epoch,
                   _system_time() - sys0), hist
@@ -326,21 +345,180 @@ def agreement(args, data32: mlp.Dataset, data64: mlp.Dataset) -> None:
     print("(reference rows: the last validation of the first epoch instead of final metrics)\n")
 
 
+# ---- today's mlp_core beside an earlier commit's -----------------------------------------------------
+
+REQUIRED = ("[64]", 0.05)  # today's [64] float32 protocol epoch within 5 % of the compared commit's
+CORE_API = ("RunConfig", "train", "_validate")  # what the comparison uses of an mlp_core
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise ValueError("--against needs git, which was not found on PATH") from None
+
+
+def git_source(ref: str, path: str = "mlp_core.py") -> tuple[str, str]:
+    """The text of `path` at the git commit `ref`, and that commit's full hash. ValueError (with a
+    message for people) when git does not know `ref` or the commit has no such file."""
+    found = _git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
+    if found.returncode != 0:
+        raise ValueError(f"--against {ref!r}: no such commit in {REPO} (try a hash from `git log --oneline`)")
+    commit = found.stdout.strip()
+    shown = _git("show", f"{commit}:{path}")
+    if shown.returncode != 0:
+        raise ValueError(f"--against {ref!r}: commit {commit[:9]} has no {path}")
+    return shown.stdout, commit
+
+
+def load_core_at(ref: str) -> types.ModuleType:
+    """mlp_core.py as it was at the git commit `ref`, imported beside today's as the module
+    mlp_core_at_<hash>. Its __file__ is a name in the repository folder that no file has, so that
+    paths it derives from it (its data folder) are those of a checkout of that commit."""
+    source, commit = git_source(ref)
+    name = f"mlp_core_at_{commit[:7]}"
+    if name in sys.modules:
+        return sys.modules[name]
+    filename = str(REPO / f"mlp_core.py@{commit[:7]}")
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # for tracebacks
+    module = types.ModuleType(name, f"mlp_core.py of commit {commit}")
+    module.__file__ = filename
+    sys.modules[name] = module  # before exec: @dataclass looks the class's module up in sys.modules
+    try:
+        exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 (the project's own history)
+    except Exception as exc:
+        del sys.modules[name]
+        raise ValueError(f"--against {ref!r}: the mlp_core.py of commit {commit[:9]} does not import here "
+                         f"({type(exc).__name__}: {exc})") from exc
+    missing = [attr for attr in CORE_API if not hasattr(module, attr)]
+    if missing:
+        raise ValueError(f"--against {ref!r}: the mlp_core.py of commit {commit[:9]} has no "
+                         f"{', '.join(missing)}, so its epochs cannot be timed the same way")
+    return module
+
+
+def core_config(core: types.ModuleType, config: mlp.RunConfig):
+    """`config` as a RunConfig of `core` (fields it does not know must be at their defaults)."""
+    known = {f.name for f in dataclasses.fields(core.RunConfig)}
+    changed = {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != f.default}
+    if changed - known:
+        raise ValueError(f"the compared mlp_core's RunConfig has no {', '.join(sorted(changed - known))}")
+    return core.RunConfig(**{k: v for k, v in dataclasses.asdict(config).items() if k in known})
+
+
+@dataclass
+class SideBySide:
+    """The epochs of one network, timed alternately with the earlier and today's mlp_core, and the
+    last run of each (every repeat takes the same steps)."""
+    old: list[Timing]
+    new: list[Timing]
+    old_run: object  # the earlier mlp_core's History
+    new_run: mlp.History
+
+    def ratio(self, attr: str = "epoch") -> float:
+        """today / earlier, of the medians of a Timing field."""
+        return (statistics.median(getattr(t, attr) for t in self.new)
+                / statistics.median(getattr(t, attr) for t in self.old))
+
+    def paired_ratios(self) -> list[float]:
+        """today / earlier epoch time, repeat by repeat."""
+        return [n.epoch / o.epoch for n, o in zip(self.new, self.old)]
+
+    def training(self) -> str:
+        """Whether both took the same steps: the same batch losses and weights, bit for bit."""
+        a, b = np.asarray(self.new_run.train_loss), np.asarray(self.old_run.train_loss)
+        if a.shape != b.shape:
+            return f"differ ({len(a)} and {len(b)} steps)"
+        if not np.array_equal(a, b):
+            return f"differ (losses: max rel. diff {np.max(np.abs(a - b) / np.abs(b)):.1e})"
+        same = all(np.array_equal(x, y) for x, y in zip(self.new_run.weights, self.old_run.weights, strict=True))
+        return "bit-identical" if same else "same losses, weights differ"
+
+
+def side_by_side(old: types.ModuleType, config: mlp.RunConfig, data: mlp.Dataset, repeats: int) -> SideBySide:
+    """One protocol epoch of each mlp_core, after a warm-up, `repeats` times, alternating which runs first."""
+    cores = {"old": (old, core_config(old, config)), "new": (mlp, config)}
+    for core, c in cores.values():
+        time_mlp_core(c, data, 1, core)
+    timings, runs = {"old": [], "new": []}, {}
+    for r in range(repeats):
+        for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
+            core, c = cores[which]
+            timing, runs[which] = time_mlp_core(c, data, 1, core)
+            timings[which].append(timing)
+    return SideBySide(timings["old"], timings["new"], runs["old"], runs["new"])
+
+
+def compare_with(args) -> None:
+    """Time today's mlp_core beside that of the commit args.against and print the table."""
+    old = load_core_at(args.against)
+    ref = old.__name__.removeprefix("mlp_core_at_")
+    n_train, n_val = (1600, 800) if args.quick else (20_000, 10_000)
+    data = mlp.prepare_data(n_train, "float32", n_val)
+    print(f"Python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f} (1 min) at the start")
+    print(blas_line())
+    print(f"protocol epoch: {n_train:,} training and {n_val:,} validation images, batch 32, {VALIDATIONS} "
+          f"validations, float32, one BLAS thread, seed 0; medians of {args.repeats} interleaved repeats\n")
+    results = {}
+    for name in args.networks:
+        print(f"timing {name}: {ref} and today", file=sys.stderr, flush=True)
+        config = mlp.RunConfig(layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=1)
+        results[name] = side_by_side(old, config, data, args.repeats)
+    print(side_by_side_table(results, ref))
+    network, tolerance = REQUIRED
+    if network in results:
+        ratio = results[network].ratio()
+        print(f"\nRequirement: today's {network} float32 protocol epoch at most {tolerance:.0%} slower than "
+              f"{ref}'s: {'met' if ratio <= 1 + tolerance else 'NOT met'} (today/{ref} = {ratio:.3f})")
+
+
+def side_by_side_table(results: dict[str, SideBySide], ref: str) -> str:
+    ratio = f"today/{ref}"
+    header = (f"{'network':<10} {ref + ' ms':>11} {'today ms':>9} {ratio:>14} {'per repeat':>11} "
+              f"{'steps':>6} {'validations':>11}  training")
+    lines = [f"One protocol epoch of train(), today's mlp_core against {ref}'s:", header, "-" * len(header)]
+    for name, r in results.items():
+        paired = r.paired_ratios()
+        lines.append(f"{name:<10} {statistics.median(t.epoch for t in r.old) * 1e3:11.1f} "
+                     f"{statistics.median(t.epoch for t in r.new) * 1e3:9.1f} {r.ratio():14.3f} "
+                     f"{f'{min(paired):.2f}-{max(paired):.2f}':>11} {r.ratio('step'):6.3f} "
+                     f"{r.ratio('eval_pass'):11.3f}  {r.training()}")
+    lines.append(f"({ratio}: of the median times of the epoch, of a training step, of a validation pass; "
+                 f"per repeat: the lowest and highest")
+    lines.append(" of the epochs' ratios. training bit-identical: the same batch losses and weights after the epoch)")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small data, one repeat, no memory runs: a few seconds")
-    p.add_argument("--repeats", type=int, default=None, help="repeats per implementation (default 5; 1 with --quick)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="repeats per implementation (default 5, with --against 15; 1 with --quick)")
     p.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
     p.add_argument("--peak-gflops", type=float, default=190.0, help="float32 matmul peak for the FLOP limit")
     p.add_argument("--agree-epochs", type=int, default=3, help="epochs of the float32/float64 agreement runs")
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch row")
     p.add_argument("--no-memory", action="store_true", help="leave out the peak-memory runs")
+    p.add_argument("--against", metavar="REF", help="instead: time today's mlp_core beside that of the git "
+                   "commit REF (e.g. 78208ef), float32, in this one process")
     args = p.parse_args(argv)
     if args.repeats is None:
-        args.repeats = 1 if args.quick else 5
+        args.repeats = 1 if args.quick else 15 if args.against else 5
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     if args.quick:
         args.no_memory = True
-    print("mlp_core speed benchmark" + (" (quick: small data, not the protocol's sizes)" if args.quick else ""))
+    quick = " (quick: small data, not the protocol's sizes)" if args.quick else ""
+    if args.against:
+        try:
+            load_core_at(args.against)  # an unknown commit fails here, before any data is loaded
+        except ValueError as exc:
+            p.error(str(exc))
+        print(f"mlp_core speed: today against {args.against}" + quick)
+        compare_with(args)
+        return 0
+    print("mlp_core speed benchmark" + quick)
     benchmark(args)
     return 0
 

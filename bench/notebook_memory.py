@@ -1,73 +1,130 @@
-"""Peak memory of each task notebook's kernel (and of the worker processes it trains in).
+"""Peak memory of each task notebook's kernel, and of the worker processes it trains in.
 
-    .venv/bin/python bench/notebook_memory.py            # full protocol, $MLP_SEEDS seeds (default 3)
-    MLP_SEEDS=1 .venv/bin/python bench/notebook_memory.py task2   # only notebooks whose name has "task2"
+    .venv/bin/python bench/notebook_memory.py                   # full protocol, $MLP_SEEDS seeds (default 3)
+    MLP_SEEDS=1 .venv/bin/python bench/notebook_memory.py task2  # only notebooks whose name has "task2"
+    MLP_SMOKE=1 .venv/bin/python bench/notebook_memory.py        # tiny runs: checks that it works
 
-Every notebook in notebooks/task*.ipynb is executed headless, exactly as the report build does, with
-one extra cell at the end that reads the kernel's high-water mark of resident memory (VmHWM in
-/proc) and that of its still-running child processes (the joblib workers that trained the
-networks). Linux only. Runs are never taken from the report's run cache.
+Every notebook in notebooks/task*.ipynb is executed headless, as the report build executes it, with
+two extra cells: a first one that starts a thread in the kernel which watches the kernel's worker
+processes (those mlp_runs.run_experiments trains in) and keeps each one's high-water mark of
+resident memory (VmHWM in /proc), and a last one that reports the kernel's own high-water mark and
+the workers'. Unlike the report build, which trains every run before it executes the notebooks,
+the notebooks here train their runs themselves, in a fresh, empty run store ($MLP_RUN_STORE), so
+the figures are those of a notebook run by hand on a machine that has trained nothing yet. Set
+MLP_MEMORY_KEEP_STORE=1 to use the project's run store instead (then stored runs are not trained).
+Linux only.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
+from jupyter_client import KernelManager
 from nbclient import NotebookClient
 
 REPO = Path(__file__).resolve().parent.parent
-PROBE = r'''
-import json, os
-from pathlib import Path
+LIMIT_MB = 400.0  # the target for a notebook kernel's peak
 
-def _hwm(pid):
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+WATCH = r'''
+import os as _os, threading as _threading, time as _time
+from pathlib import Path as _Path
 
-def _children(pid):
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+_WORKER_PEAKS = {}  # pid of every worker process seen -> its peak resident size (MB)
+
+
+def _worker_pids():
+    """Child processes of this kernel that multiprocessing spawned as workers."""
+    for stat in _Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            kids.append(int(stat.parent.name))
-    return kids
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == _os.getpid() and \
+                    b"spawn_main" in (stat.parent / "cmdline").read_bytes():
+                yield int(stat.parent.name)
+        except (OSError, ValueError, IndexError):  # the process ended meanwhile
+            pass
 
-_kids = [k for k in _children(os.getpid()) if _hwm(k) is not None]
-print("MEMORY-PROBE " + json.dumps({"kernel": _hwm(os.getpid()), "workers": [_hwm(k) for k in _kids]}))
+
+def _watch_workers():
+    while True:
+        for pid in _worker_pids():
+            try:
+                text = _Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                if line.startswith("VmHWM:"):
+                    _WORKER_PEAKS[pid] = max(_WORKER_PEAKS.get(pid, 0.0), int(line.split()[1]) / 1024)
+        _time.sleep(0.2)
+
+
+_threading.Thread(target=_watch_workers, name="worker-memory-watch", daemon=True).start()
+'''
+
+PROBE = r'''
+import json as _json
+_kernel_peak = next(int(line.split()[1]) / 1024 for line in _Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith("VmHWM:"))
+print("MEMORY-PROBE " + _json.dumps({"kernel": _kernel_peak, "workers": sorted(_WORKER_PEAKS.values())}))
 '''
 
 
-def main() -> int:
-    if os.environ.get("MLP_MEMORY_KEEP_CACHE") != "1":   # set it to reuse $MLP_RUN_CACHE while iterating
-        os.environ.pop("MLP_RUN_CACHE", None)
+def _environment() -> tempfile.TemporaryDirectory | None:
+    """Caches in the project (never $HOME), as the report build sets them; an empty run store unless
+    MLP_MEMORY_KEEP_STORE=1 (returned, to be cleaned up)."""
+    for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython"), ("JUPYTER_CONFIG_DIR", "jupyter/config"),
+                     ("JUPYTER_DATA_DIR", "jupyter/data"), ("JUPYTER_RUNTIME_DIR", "jupyter/runtime")):
+        os.environ.setdefault(var, str(REPO / ".cache" / sub))
+        Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    limit = 400.0
-    print(f"{'notebook':40s} {'seconds':>8s} {'kernel peak MB':>15s} {'worker peaks MB':>20s}")
-    worst = 0.0
-    wanted = sys.argv[1:]
-    for path in sorted((REPO / "notebooks").glob("task*.ipynb")):
-        if wanted and not any(w in path.name for w in wanted):
-            continue
-        nb = nbformat.read(path, as_version=4)
-        nb.cells.append(nbformat.v4.new_code_cell(PROBE))
-        t0 = time.perf_counter()
-        NotebookClient(nb, timeout=None, kernel_name="python3",
-                       resources={"metadata": {"path": str(path.parent)}}).execute()
-        seconds = time.perf_counter() - t0
-        text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
-        probe = json.loads(text.split("MEMORY-PROBE ", 1)[1])
-        workers = ", ".join(f"{w:.0f}" for w in probe["workers"]) or "-"
-        worst = max(worst, probe["kernel"])
-        print(f"{path.name:40s} {seconds:8.1f} {probe['kernel']:15.0f} {workers:>20s}", flush=True)
-    print(f"largest kernel peak: {worst:.0f} MB (target <= {limit:.0f} MB: {'met' if worst <= limit else 'NOT met'})")
+    if os.environ.get("MLP_MEMORY_KEEP_STORE") == "1":
+        return None
+    store = tempfile.TemporaryDirectory(prefix="mlp-memory-runs-")
+    os.environ["MLP_RUN_STORE"] = store.name
+    return store
+
+
+def measure(path: Path) -> tuple[float, dict]:
+    """Execute the notebook at `path` with the watch and probe cells; its seconds and the probe's figures."""
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(WATCH))
+    nb.cells.append(nbformat.v4.new_code_cell(PROBE))
+    # over IPC, as the report build runs its kernels (over TCP, every kernel warns that it is unencrypted)
+    km = KernelManager(kernel_name="python3", transport="ipc",
+                       ip=str(Path(os.environ["JUPYTER_RUNTIME_DIR"]) / f"mlp-memory-{os.getpid()}"))
+    t0 = time.perf_counter()
+    NotebookClient(nb, km=km, timeout=None, resources={"metadata": {"path": str(path.parent)}}).execute()
+    seconds = time.perf_counter() - t0
+    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
+    if "MEMORY-PROBE " not in text:
+        raise RuntimeError(f"{path.name}: the memory probe printed nothing (is this Linux?)")
+    return seconds, json.loads(text.split("MEMORY-PROBE ", 1)[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    wanted = sys.argv[1:] if argv is None else argv
+    paths = [p for p in sorted((REPO / "notebooks").glob("task*.ipynb")) if not wanted or any(w in p.name for w in wanted)]
+    if not paths:
+        print(f"no task notebook matches {wanted}", file=sys.stderr)
+        return 2
+    store = _environment()
+    try:
+        print(f"{'notebook':40s} {'seconds':>8s} {'kernel peak MB':>15s} {'workers':>8s} {'worker peak MB':>15s}")
+        worst = 0.0
+        for path in paths:
+            seconds, probe = measure(path)
+            workers = probe["workers"]
+            worker_peak = f"{max(workers):.0f}" if workers else "-"
+            worst = max(worst, probe["kernel"])
+            print(f"{path.name:40s} {seconds:8.1f} {probe['kernel']:15.0f} {len(workers):8d} {worker_peak:>15s}",
+                  flush=True)
+    finally:
+        if store is not None:
+            store.cleanup()
+    print(f"largest kernel peak: {worst:.0f} MB (target <= {LIMIT_MB:.0f} MB: {'met' if worst <= LIMIT_MB else 'NOT met'})")
     return 0
 
 

@@ -1,108 +1,235 @@
-"""Build the report: execute every task notebook headless, then export one PDF and one HTML.
+"""Build the report: train what the task notebooks need, execute them, export one PDF and one HTML.
 
-    python report/build_report.py            # full protocol (what `make report` runs)
-    MLP_SMOKE=1 python report/build_report.py  # quick smoke build (tests)
+    python report/build_report.py                 # what `make report` runs (full protocol, 3 seeds)
+    MLP_SMOKE=1 python report/build_report.py     # a quick smoke build (tests)
+    python report/build_report.py --strict        # a claim the runs do not support fails the build
+    python report/build_report.py --fresh         # retrain every run instead of reusing the store
 
-The task notebooks (notebooks/task*.ipynb, in name order, two at a time) are executed with
-nbclient in notebooks/, saved to report/build/executed/, merged into one notebook with a title block, and
-exported with code hidden: report/report.pdf through nbconvert's LaTeX route (xelatex) with the
-template in report/templates/mlp_report, and report/report.html. Progress bars are switched off
-and stderr output is dropped so that no widget or progress residue reaches the report.
+1. Plan: the cell tagged `experiments` of every task notebook (notebooks/task*.ipynb) is run on its
+   own to list the networks it needs. Runs found in the run store (mlp_runs) are reused; the others
+   are trained in one pool of worker processes, under one progress bar.
+2. The notebooks are executed (two at a time, kernels over IPC) against the store. A notebook
+   whose source, code and runs are unchanged since the last build is not executed again.
+3. They are merged under a title block and exported with the code hidden: report/report.pdf through
+   nbconvert's LaTeX route (xelatex, template in report/templates/mlp_report) and report/report.html
+   (MathML formulas, no network requests). Both are written to temporary files and renamed: an
+   interrupted or failed build leaves the previous report untouched. Without LaTeX the HTML is
+   still built, and the output says how to get the PDF.
+
+Claims the runs do not support (mlp_report.check) are listed at the end; with --strict they fail
+the build, naming the claim. Ctrl-C stops the build within seconds: workers and kernels are ended
+and finished runs stay in the store.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import datetime as dt
+import hashlib
+import html
+import json
 import os
+import re
 import shutil
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError
-
 REPO = Path(__file__).resolve().parent.parent
-NOTEBOOKS = REPO / "notebooks"
-REPORT = REPO / "report"
-BUILD = REPORT / "build"
-TEMPLATES = REPORT / "templates"
-
+NOTEBOOKS, REPORT = REPO / "notebooks", REPO / "report"
+BUILD, TEMPLATES = REPORT / "build", REPORT / "templates"
+CACHE = REPO / ".cache"
 TITLE = "Multi Layer Networks"
 SUBTITLE = "Assignment 2: a multi-layer perceptron for MNIST, from scratch in numpy"
 COURSE = "TDT4265 Computer Vision and Deep Learning"
-DROPPED_MIME = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
+WIDGET_MIME = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
 
 
-def task_notebooks(pattern: str = "task*.ipynb") -> list[Path]:
-    found = sorted(NOTEBOOKS.glob(pattern))
-    if not found:
-        raise SystemExit(f"no notebooks match {NOTEBOOKS / pattern}")
-    return found
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def _environment(smoke: bool, strict: bool) -> None:
+    """Caches in the project (never $HOME); what the notebooks' kernels inherit."""
+    for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython"), ("JUPYTER_CONFIG_DIR", "jupyter/config"),
+                     ("JUPYTER_DATA_DIR", "jupyter/data"), ("JUPYTER_RUNTIME_DIR", "jupyter/runtime")):
+        os.environ.setdefault(var, str(CACHE / sub))
+        Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
+    os.environ["MLP_STRICT"] = "1" if strict else "0"
+    os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # no debugger chatter from the kernels
+    os.environ["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
+
+
+# ---- 1. the plan ----------------------------------------------------------------------------------------
+
+def notebook_experiments(path: Path):
+    """Run a notebook's `experiments` cell on its own and return its EXPERIMENTS."""
+    import nbformat
+
+    import mlp_core
+    import mlp_report
+    nb = nbformat.read(path, as_version=4)
+    cells = [c for c in nb.cells if "experiments" in c.metadata.get("tags", [])]
+    namespace = {"mlp": mlp_core, "rep": mlp_report}
+    for cell in cells:
+        exec(compile(cell.source, f"{path.name} (experiments cell)", "exec"), namespace)  # noqa: S102
+    return namespace.get("EXPERIMENTS")
+
+
+def train_plan(paths: list[Path], fresh: bool) -> dict:
+    """Train every run the notebooks need that the store does not hold; returns counts for the summary."""
+    import mlp_runs
+    configs = []
+    for path in paths:
+        exps = notebook_experiments(path)
+        configs += exps.configs() if exps is not None else []
+    store = mlp_runs.RunStore()
+    unique = {c.replace(name=""): c for c in configs}
+    if fresh:
+        for config in unique:
+            store.path(config).unlink(missing_ok=True)
+    stored = sum(config in store for config in unique)
+    say(f"Plan: {len(unique)} runs for {len(paths)} notebooks; {stored} in the run store ({store.folder.relative_to(REPO) if store.folder.is_relative_to(REPO) else store.folder}), "
+        f"{len(unique) - stored} to train.")
+    t0 = time.perf_counter()
+    histories = mlp_runs.run_experiments(list(unique.values()), store=store, desc="training")
+    diverged = [h.config.label for h in histories if not h.completed]
+    return {"runs": len(unique), "trained": len(unique) - stored, "reused": stored,
+            "train_seconds": time.perf_counter() - t0, "failed": diverged}
+
+
+# ---- 2. executing the notebooks ---------------------------------------------------------------------------
+
+def source_key(path: Path, smoke: bool, strict: bool) -> str:
+    """What an executed notebook depends on: its source, the project's modules (their code and the
+    run store keys, which cover mlp_core), and the settings."""
+    digest = hashlib.sha256(path.read_bytes())
+    for module in sorted(REPO.glob("*.py")):
+        digest.update(module.read_bytes())
+    digest.update(json.dumps([smoke, strict, os.environ.get("MLP_SEEDS", "")]).encode())
+    return digest.hexdigest()
 
 
 class NotebookFailed(RuntimeError):
-    """A notebook raised an error while executing."""
+    """A notebook raised an error while executing; the message names the notebook and the error."""
 
 
-def execute(path: Path, out_dir: Path) -> tuple[nbformat.NotebookNode, float]:
-    """Execute one notebook in notebooks/ and save the executed copy; returns it and the seconds."""
-    t0 = time.perf_counter()
+async def _execute(path: Path, out: Path, kernels: list) -> float:
+    import nbformat
+    from jupyter_client.manager import AsyncKernelManager
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=None, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})
+    # IPC sockets in the runtime folder: no TCP ports, and no "running over TCP" warning from the kernel
+    ipc = Path(os.environ["JUPYTER_RUNTIME_DIR"]) / f"mlp-{os.getpid()}-{path.stem.split('_')[0]}"
+    km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(ipc))
+    kernels.append(km)
+    client = NotebookClient(nb, km=km, timeout=None, resources={"metadata": {"path": str(NOTEBOOKS)}})
+    t0 = time.perf_counter()
     try:
-        client.execute()
+        await client.async_execute()
     except CellExecutionError as exc:
-        nbformat.write(nb, out_dir / path.name)
-        raise NotebookFailed(f"{path.name} failed while executing (partial output in "
-                             f"{out_dir / path.name}):\n{exc}") from None
-    nbformat.write(nb, out_dir / path.name)
-    return nb, time.perf_counter() - t0
+        write_atomic(out.with_suffix(".failed.ipynb"), nbformat.writes(nb))
+        claim = re.search(r"ClaimNotSupported: (.*)", str(exc))
+        raise NotebookFailed(f"{path.name}: {claim.group(1) if claim else str(exc)[-2500:]}") from None
+    nb.metadata["mlp_build_key"] = out.stem
+    write_atomic(out, nbformat.writes(nb))
+    return time.perf_counter() - t0
 
 
-def execute_all(paths: list[Path], out_dir: Path, jobs: int) -> list[nbformat.NotebookNode]:
-    """Execute the notebooks, up to `jobs` at a time in name order (each in its own process and
-    kernel). Networks that several notebooks train are trained once: they share the run cache, and
-    a run that one notebook is training is waited for by the others."""
-    from concurrent.futures import ProcessPoolExecutor
-    if jobs <= 1:
-        results = [execute(p, out_dir) for p in paths]
-    else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(execute, p, out_dir) for p in paths]
-            results = [f.result() for f in futures]
-    for path, (_, seconds) in zip(paths, results):
-        print(f"executed {path.name:40s} {seconds:7.1f} s", flush=True)
-    return [nb for nb, _ in results]
+async def _execute_all(todo: list[tuple[Path, Path]], jobs: int, kernels: list) -> dict[str, float]:
+    semaphore, seconds = asyncio.Semaphore(jobs), {}
+
+    async def one(path: Path, out: Path):
+        async with semaphore:
+            say(f"  executing {path.stem} …")
+            seconds[path.stem] = await _execute(path, out, kernels)
+            say(f"  executed {path.stem} in {seconds[path.stem]:.1f} s")
+    await asyncio.gather(*(one(path, out) for path, out in todo))
+    return seconds
 
 
-def clean_outputs(cell: nbformat.NotebookNode) -> None:
-    """Keep only what a reader should see: no stderr, no widget views, no empty outputs."""
+def execute_notebooks(paths: list[Path], smoke: bool, strict: bool, jobs: int) -> tuple[list, dict]:
+    """Execute the notebooks that changed since the last build; returns the executed notebooks (in
+    order) and per-notebook seconds (None for a notebook reused from the last build)."""
+    import nbformat
+    cache = BUILD / "executed"
+    cache.mkdir(parents=True, exist_ok=True)
+    outs = {p: cache / f"{p.stem}-{source_key(p, smoke, strict)[:20]}.ipynb" for p in paths}
+    todo = [(p, out) for p, out in outs.items() if not out.exists()]
+    for p, out in outs.items():  # executed copies of older sources are of no further use
+        for old in cache.glob(f"{p.stem}-*.ipynb"):
+            if old != out:
+                old.unlink()
+    kernels: list = []
+    say(f"Notebooks: {len(paths) - len(todo)} unchanged since the last build, {len(todo)} to execute.")
+    try:
+        seconds = asyncio.run(_execute_all(todo, jobs, kernels)) if todo else {}
+    finally:
+        _kill_kernels(kernels)
+    return [nbformat.read(outs[p], as_version=4) for p in paths], {p.stem: seconds.get(p.stem) for p in paths}
+
+
+def _kill_kernels(kernels: list) -> None:
+    """Make sure no kernel outlives the build (nbclient shuts them down; this covers an interrupt),
+    and remove their IPC socket files."""
+    for km in kernels:
+        pid = getattr(getattr(km, "provisioner", None), "pid", None)
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)  # kernels run in their own session and process group
+            except (ProcessLookupError, PermissionError):
+                pass
+        for socket_file in Path(km.ip).parent.glob(Path(km.ip).name + "-*"):
+            socket_file.unlink(missing_ok=True)
+
+
+# ---- 3. merging and exporting ------------------------------------------------------------------------------
+
+def write_atomic(target: Path, data: str | bytes) -> None:
+    """Write a file so that a reader sees the old or the new content, never half of it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def clean_outputs(cell) -> None:
+    """Keep only what a reader should see: no stderr, no widgets or their text fallbacks, no empty outputs."""
     kept = []
     for out in cell.get("outputs", []):
         if out.get("output_type") == "stream" and out.get("name") == "stderr":
             continue
         if out.get("output_type") in ("display_data", "execute_result"):
-            for mime in DROPPED_MIME:
+            for mime in WIDGET_MIME:
                 out.get("data", {}).pop(mime, None)
-            if not out.get("data"):
-                continue
-            # a widget's text/plain fallback ("IntProgress(...)", "HBox(...)") is residue too
-            if set(out["data"]) == {"text/plain"} and out["data"]["text/plain"].startswith(
-                    ("HBox(", "VBox(", "IntProgress(", "FloatProgress(", "Output(")):
+            text = out.get("data", {}).get("text/plain", "")
+            if not out.get("data") or (set(out["data"]) == {"text/plain"} and text.startswith(
+                    ("HBox(", "VBox(", "IntProgress(", "FloatProgress(", "Output("))):
                 continue
         kept.append(out)
     cell["outputs"] = kept
 
 
-def merge(notebooks: list[nbformat.NotebookNode], smoke: bool) -> nbformat.NotebookNode:
+def unsupported_claims(nb) -> list[str]:
+    return [out["metadata"]["mlp_claim"]["claim"] for cell in nb.cells if cell.cell_type == "code"
+            for out in cell.outputs if "mlp_claim" in out.get("metadata", {})]
+
+
+def merge(notebooks: list, smoke: bool) -> object:
+    import nbformat
     merged = nbformat.v4.new_notebook()
-    built = dt.datetime.now(dt.timezone.utc).strftime("%d %B %Y, %H:%M UTC")
-    note = f"Built {built}"
+    note = f"Built {dt.datetime.now(dt.timezone.utc).strftime('%d %B %Y, %H:%M UTC')}"
     if smoke:
         note += " (SMOKE BUILD: tiny training runs, the numbers are not the protocol's)"
     merged.metadata.update(title=TITLE, subtitle=SUBTITLE, course=COURSE, build_note=note,
@@ -111,8 +238,6 @@ def merge(notebooks: list[nbformat.NotebookNode], smoke: bool) -> nbformat.Noteb
     for k, nb in enumerate(notebooks):
         for i, cell in enumerate(nb.cells):
             cell = copy.deepcopy(cell)
-            if "remove-cell" in cell.get("metadata", {}).get("tags", []):
-                continue
             if cell.cell_type == "code":
                 clean_outputs(cell)
                 if not cell.outputs:
@@ -122,125 +247,159 @@ def merge(notebooks: list[nbformat.NotebookNode], smoke: bool) -> nbformat.Noteb
     return merged
 
 
-def export_pdf(nb: nbformat.NotebookNode, target: Path) -> None:
-    from nbconvert import LatexExporter, PDFExporter
-    nb = copy.deepcopy(nb)
-    unbreakable_captions(nb)
-    opts = dict(template_name="mlp_report", extra_template_basedirs=[str(TEMPLATES)], exclude_input=True,
-                exclude_input_prompt=True, exclude_output_prompt=True)
-    latex, _ = LatexExporter(**opts).from_notebook_node(nb)
-    (BUILD / "report.tex").write_text(latex)  # for inspection; the PDF is built from the same nb
-    exporter = PDFExporter(**opts)
-    exporter.verbose = False
-    pdf, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "report"}})
-    target.write_bytes(pdf)
-
-
-_SEPARATOR = "<!-- mlp-report-cell -->"
-
-
 def pandoc_fragments(sources: list[str], to: str, *options: str) -> list[str]:
     """Convert many Markdown snippets with one pandoc call (one call per snippet would be slow)."""
-    import subprocess
     if not sources:
         return []
-    # HTML keeps a comment between the snippets; LaTeX keeps only text, so a word stands between them
-    separator = _SEPARATOR if to == "html" else "MLPREPORTSNIPPETBREAK"
+    separator = "<!-- mlp-report-cell -->" if to == "html" else "MLPREPORTSNIPPETBREAK"
     out = subprocess.run(["pandoc", "--from=markdown", f"--to={to}", "--wrap=none", *options],
-                         input=f"\n\n{separator}\n\n".join(sources), capture_output=True, text=True,
-                         check=True).stdout
+                         input=f"\n\n{separator}\n\n".join(sources), capture_output=True, text=True, check=True).stdout
     fragments = out.split(separator)
     if len(fragments) != len(sources):
         raise RuntimeError(f"pandoc returned {len(fragments)} fragments for {len(sources)} pieces of Markdown")
     return fragments
 
 
-def markdown_to_mathml(nb: nbformat.NotebookNode) -> None:
-    """Turn every piece of Markdown (markdown cells and generated Markdown outputs) into HTML with
-    MathML formulas: browsers draw MathML themselves, so the HTML report shows its mathematics
-    without loading MathJax from the internet."""
-    places = []  # (cell, output or None)
+def export_pdf(nb, target: Path) -> None:
+    from nbconvert import LatexExporter, PDFExporter
+    nb = copy.deepcopy(nb)
+    captions = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+                if out.get("data", {}).get("text/markdown", "").lstrip().startswith("**Figure")]
+    # a generated caption goes into a minipage, which LaTeX never splits: it stays with its figure
+    for out, fragment in zip(captions, pandoc_fragments([o["data"]["text/markdown"] for o in captions], "latex")):
+        out["data"] = {"text/latex": "\\par\\nopagebreak\\noindent\\begin{minipage}{\\linewidth}\n"
+                                     + fragment.strip() + "\n\\end{minipage}\\par"}
+    opts = dict(template_name="mlp_report", extra_template_basedirs=[str(TEMPLATES)], exclude_input=True,
+                exclude_input_prompt=True, exclude_output_prompt=True)
+    latex, _ = LatexExporter(**opts).from_notebook_node(nb)
+    write_atomic(BUILD / "report.tex", latex)  # for inspection; the PDF is built from the same notebook
+    exporter = PDFExporter(**opts)
+    exporter.verbose = False
+    pdf, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "report"}})
+    write_atomic(target, pdf)
+
+
+def _figure_captions(nb) -> None:
+    """Give every SVG figure its caption (the next paragraph that starts with **Figure) as its
+    accessible description, in place of nbconvert's "No description has been provided"."""
+    pending = []
     for cell in nb.cells:
-        if cell.cell_type == "markdown":
-            places.append((cell, None))
-        elif cell.cell_type == "code":
-            places += [(cell, out) for out in cell.outputs if "text/markdown" in out.get("data", {})]
+        texts = [cell.source] if cell.cell_type == "markdown" else [
+            o.get("data", {}).get("text/markdown", "") for o in cell.get("outputs", [])]
+        for out in cell.get("outputs", []):
+            if "image/svg+xml" in out.get("data", {}):
+                pending.append(out)
+        caption = next((t for t in texts if t.lstrip().startswith("**Figure")), None)
+        if caption and pending:
+            plain = re.sub(r"[*$\\{}]", "", " ".join(caption.split()))
+            for out in pending:
+                svg = out["data"]["image/svg+xml"]
+                out["data"]["image/svg+xml"] = svg.replace(
+                    "<svg ", f'<svg role="img" aria-label="{html.escape(plain)}" ', 1).replace(
+                    ">", f"><title>{html.escape(plain)}</title>", 1) if "<svg " in svg else svg
+            pending = []
+
+
+HTML_STYLE = """<style>
+math { font-size: 1.1em; }
+.mlp-table caption { font-size: 0.9em; caption-side: top; text-align: left; padding-bottom: 0.4em; }
+.jp-RenderedMarkdown.jp-OutputArea-output > .mlp-prose, .jp-RenderedHTMLCommon > .mlp-prose { margin: 0; }
+.jp-OutputArea-output.jp-RenderedMarkdown { padding-left: var(--jp-code-padding, 0); }
+.mlp-math sub, .mlp-math sup { font-size: 0.75em; }
+</style>"""
+
+
+def export_html(nb, target: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+    nb = copy.deepcopy(nb)
+    md = nb.metadata
+    title = nbformat.v4.new_markdown_cell(f"# {md['title']}\n\n**{md['subtitle']}**  \n{md['course']}  \n*{md['build_note']}*")
+    nb.cells.insert(0, title)
+    _figure_captions(nb)
+    places = [(cell, None) for cell in nb.cells if cell.cell_type == "markdown"]
+    places += [(cell, out) for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+               if "text/markdown" in out.get("data", {})]
     sources = [cell.source if out is None else out["data"]["text/markdown"] for cell, out in places]
+    # every piece of Markdown becomes HTML with MathML formulas, which browsers draw themselves
     for (cell, out), fragment in zip(places, pandoc_fragments(sources, "html", "--mathml")):
-        # one HTML block without blank lines, so the notebook's Markdown renderer passes it through
-        block = '<div class="mlp-prose">' + "\n".join(l for l in fragment.strip().splitlines() if l.strip()) + "</div>"
+        block = '<div class="mlp-prose">' + "\n".join(line for line in fragment.strip().splitlines() if line.strip()) + "</div>"
         if out is None:
             cell.source = block
         else:
             out["data"] = {"text/html": block}
+    title.source = HTML_STYLE + "\n" + title.source
+    exporter = HTMLExporter(template_name="mlp_html", extra_template_basedirs=[str(TEMPLATES)], exclude_input=True,
+                            exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
+    page, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": md["title"]}})
+    write_atomic(target, page)
 
 
-def unbreakable_captions(nb: nbformat.NotebookNode) -> None:
-    """For the PDF: set every generated figure caption ("**Figure ...") in a minipage, which LaTeX
-    never splits across pages; with the \\nopagebreak after each figure, a figure and its caption
-    always share a page."""
-    outs = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
-            if out.get("data", {}).get("text/markdown", "").lstrip().startswith("**Figure")]
-    latex = pandoc_fragments([out["data"]["text/markdown"] for out in outs], "latex")
-    for out, fragment in zip(outs, latex):
-        out["data"] = {"text/latex": "\\par\\nopagebreak\\noindent\\begin{minipage}{\\linewidth}\n"
-                                     + fragment.strip() + "\n\\end{minipage}\\par"}
+# ---- the build ------------------------------------------------------------------------------------------------
 
-
-def export_html(nb: nbformat.NotebookNode, target: Path) -> None:
-    from nbconvert import HTMLExporter
-    nb = copy.deepcopy(nb)
-    md = nb.metadata
-    title = nbformat.v4.new_markdown_cell(
-        f"# {md['title']}\n\n**{md['subtitle']}**  \n{md['course']}  \n*{md['build_note']}*")
-    nb.cells.insert(0, title)
-    markdown_to_mathml(nb)
-    title.source = "<style>math { font-size: 1.1em; } .mlp-table caption { font-size: 0.9em; }</style>\n" + title.source
-    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
-                            exclude_output_prompt=True, embed_images=True)
-    html, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": md["title"]}})
-    target.write_text(html)
+def missing_tools() -> list[str]:
+    return [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pattern", default="task*.ipynb", help="which notebooks to execute (glob in notebooks/)")
+    parser.add_argument("--pattern", default="task*.ipynb", help="which notebooks to build (glob in notebooks/)")
     parser.add_argument("--out", default=str(REPORT), help="folder for report.pdf and report.html")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                        help="notebooks executed at the same time (default: 2, or 1 on a single core)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="notebooks executed at a time")
+    parser.add_argument("--strict", action="store_true", help="fail on a claim the runs do not support")
+    parser.add_argument("--fresh", action="store_true", help="retrain every run instead of reusing the run store")
     args = parser.parse_args(argv)
 
-    for var in ("MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
-        if os.environ.get(var):
-            Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
-    from mlp_core import smoke_mode
-    smoke = smoke_mode()
-    os.environ.setdefault("TQDM_DISABLE", "1")  # progress bars are for people, not for the report
-    os.environ["MLP_REPORT"] = "1"
-    # A network trained by one notebook is reused by the next (same config, same code) in this
-    # build only: the cache starts empty every time.
-    run_cache = BUILD / "runs"
-    shutil.rmtree(run_cache, ignore_errors=True)
-    os.environ["MLP_RUN_CACHE"] = str(run_cache)
-    executed_dir = BUILD / "executed"
-    executed_dir.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(REPO))
+    import mlp_report
+    smoke, strict = mlp_report.smoke_mode(), args.strict or mlp_report.strict_mode()
+    _environment(smoke, strict)
+    paths = sorted(NOTEBOOKS.glob(args.pattern))
+    if not paths:
+        raise SystemExit(f"no notebooks match {NOTEBOOKS / args.pattern}")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
     t_start = time.perf_counter()
+    say(f"Building the report ({'smoke mode' if smoke else 'full protocol'}, {mlp_report.n_seeds()} seed(s) per network"
+        f"{', strict claims' if strict else ''}).")
     try:
-        executed = execute_all(task_notebooks(args.pattern), executed_dir, args.jobs)
+        counts = train_plan(paths, args.fresh)
+        notebooks, seconds = execute_notebooks(paths, smoke, strict, args.jobs)
+        merged = merge(notebooks, smoke)
+        write_atomic(BUILD / "report.ipynb", json.dumps(merged, indent=1))
+        t0 = time.perf_counter()
+        export_html(merged, out / "report.html") if shutil.which("pandoc") else None
+        lacking = missing_tools()
+        if not lacking:
+            export_pdf(merged, out / "report.pdf")
+        exported = time.perf_counter() - t0
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C cannot interrupt the clean-up
+        say("\nInterrupted: finished runs are kept in the run store; the previous report (if any) is untouched.")
+        return 130
     except NotebookFailed as exc:
-        raise SystemExit(str(exc)) from None
-    print(f"notebooks executed in {time.perf_counter() - t_start:.1f} s", flush=True)
-    merged = merge(executed, smoke)
-    nbformat.write(merged, BUILD / "report.ipynb")
-    t0 = time.perf_counter()
-    export_pdf(merged, out / "report.pdf")
-    print(f"exported {out / 'report.pdf'} in {time.perf_counter() - t0:.1f} s", flush=True)
-    export_html(merged, out / "report.html")
-    print(f"exported {out / 'report.html'}", flush=True)
-    print(f"report built in {time.perf_counter() - t_start:.1f} s{' (smoke mode)' if smoke else ''}")
+        say(f"\nThe build failed, the previous report (if any) is untouched.\n{exc}")
+        return 1
+    say("")
+    say(f"Report built in {time.perf_counter() - t_start:.0f} s: runs {counts['trained']} trained and {counts['reused']} reused "
+        f"({counts['train_seconds']:.0f} s); notebooks " + ", ".join(
+            f"{name.split('_')[0]} {'reused' if s is None else f'{s:.1f} s'}" for name, s in seconds.items())
+        + f"; export {exported:.1f} s.")
+    if lacking:
+        say(f"Only report/report.html was written: {', '.join(lacking)} not found. For the PDF install them "
+            f"(Debian/Ubuntu: `make system-deps`, macOS: `brew install pandoc basictex`), then run `make report` again.")
+    else:
+        say(f"  {out / 'report.pdf'}\n  {out / 'report.html'}")
+    if counts["failed"]:
+        say(f"Runs that did not complete (left out of the tables): {', '.join(counts['failed'])}.")
+    claims = [f"{nb_path.stem}: {claim}" for nb_path, nb in zip(paths, notebooks) for claim in unsupported_claims(nb)]
+    write_atomic(BUILD / "claims.txt", "".join(f"{c}\n" for c in claims))
+    if claims:
+        say(f"{len(claims)} claim(s) not supported by these runs, marked in the report"
+            + (" (expected in a smoke build or with one seed)" if smoke or mlp_report.n_seeds() < 2 else "") + ":")
+        for claim in claims[:10]:
+            say(f"  {claim}")
+        if len(claims) > 10:
+            say(f"  … and {len(claims) - 10} more: report/build/claims.txt lists them all.")
     return 0
 
 
