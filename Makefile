@@ -9,7 +9,7 @@ SHARED_MNIST ?= ../shared/data/mnist
 MNIST_CACHE := data/mnist
 MNIST_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
 
-# Caches of Jupyter, IPython, matplotlib and pip live in the project, never in $HOME.
+# Caches of pip, Jupyter, IPython, matplotlib, npm, Chromium and dconf live in the project, never in $HOME.
 CACHE := $(CURDIR)/.cache
 export MPLCONFIGDIR := $(CACHE)/matplotlib
 export IPYTHONDIR := $(CACHE)/ipython
@@ -18,32 +18,45 @@ export JUPYTER_DATA_DIR := $(CACHE)/jupyter/data
 export JUPYTER_RUNTIME_DIR := $(CACHE)/jupyter/runtime
 export PIP_CACHE_DIR := $(CACHE)/pip
 export PYTHONPYCACHEPREFIX := $(CACHE)/pycache
+export npm_config_cache := $(CACHE)/npm
+export XDG_CACHE_HOME := $(CACHE)/xdg/cache
+export XDG_CONFIG_HOME := $(CACHE)/xdg/config
+export XDG_DATA_HOME := $(CACHE)/xdg/data
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 ifdef SEEDS
 export MLP_SEEDS := $(SEEDS)
 endif
+REPORT_FLAGS := $(if $(filter 1 yes true,$(STRICT)),--strict) $(if $(filter 1 yes true,$(FRESH)),--fresh)
+# Kernels of closed or reloaded explorer pages are shut down after 10 idle minutes, so reloads cannot
+# pile them up (Voila's own shutdown on unload fails: voila-dashboards/voila#1458); open pages keep theirs.
+VOILA_CULL := --MappingKernelManager.cull_idle_timeout=600 --MappingKernelManager.cull_interval=60
 
 .PHONY: report test smoke-report venv data system-deps explore lab bench clean
 
-report: venv data system-deps  ## execute every task notebook (full protocol) and export the report (SEEDS=n to change the number of seeds)
-	$(PY) report/build_report.py
+report: venv data optional-system-deps  ## the report (STRICT=1: unsupported claims fail; FRESH=1: retrain; SEEDS=n)
+	@$(PY) report/build_report.py $(REPORT_FLAGS)
 
-smoke-report: venv data system-deps  ## the same, in the quick smoke mode used by the tests
-	MLP_SMOKE=1 $(PY) report/build_report.py
+smoke-report: venv data optional-system-deps  ## the same, in the quick smoke mode used by the tests
+	@MLP_SMOKE=1 $(PY) report/build_report.py $(REPORT_FLAGS)
 
-test: venv data system-deps  ## run the whole pytest suite
-	$(PY) -m pytest
+test: venv data optional-system-deps  ## the whole pytest suite; tests that need a missing system package are skipped
+	@$(PY) -m pytest
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.txt -c constraints.txt
-	$(PY) -m pip install -q --no-deps -e .
-	touch $@
+	@echo "Setting up the virtual environment .venv (pinned packages)..."
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -qq -r requirements.txt -c constraints.txt
+	@$(PY) -m pip install -qq --no-deps -e .
+	@touch $@
 
-system-deps:
-	bash scripts/ensure-system-deps.sh report browser
+# Debian packages: xelatex and pandoc (the PDF), pdftotext (tests read the PDF), chromium (browser tests).
+system-deps:  ## install them (Debian/Ubuntu, as root or with sudo)
+	@bash scripts/ensure-system-deps.sh --install report browser
+
+optional-system-deps:
+	@bash scripts/ensure-system-deps.sh --if-possible report browser
 
 # The MNIST cache: copied from ../shared when it is there, downloaded (and verified) otherwise.
 data: venv
@@ -51,16 +64,16 @@ data: venv
 	@if [ -d "$(SHARED_MNIST)" ]; then \
 	  for f in $(MNIST_FILES); do [ -f $(MNIST_CACHE)/$$f ] || cp "$(SHARED_MNIST)/$$f" $(MNIST_CACHE)/; done; \
 	fi
-	$(PY) -c "import mlp_core; mlp_core.load_mnist('$(MNIST_CACHE)')"
+	@$(PY) -c "import mlp_core; mlp_core.load_mnist('$(MNIST_CACHE)')"
 
-explore: venv data  ## open the interactive explorer in Voila (http://127.0.0.1:8866)
-	$(VENV)/bin/voila notebooks/explorer.ipynb --no-browser --port=8866 --Voila.ip=127.0.0.1
+explore: venv data  ## the interactive explorer in Voila (http://127.0.0.1:8866)
+	$(VENV)/bin/voila notebooks/explorer.ipynb --no-browser --port=8866 --Voila.ip=127.0.0.1 $(VOILA_CULL)
 
-lab: venv data  ## JupyterLab on the notebooks
-	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 notebooks
+lab: venv data  ## JupyterLab on the notebooks (also as root)
+	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --allow-root notebooks
 
 bench: venv data  ## speed benchmark against a plain numpy implementation
 	$(PY) bench/bench.py
 
-clean:
+clean:  ## remove build products and caches, the run store included (the next report retrains everything)
 	rm -rf report/build report/report.pdf report/report.html .cache .pytest_cache tests/artifacts

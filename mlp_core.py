@@ -34,8 +34,7 @@ def pixel_stats(images: np.ndarray) -> tuple[float, float]:
         raise ValueError(f"images must be a non-empty uint8 array of raw pixels, got {images.dtype} {images.shape}")
     flat, chunk = images.ravel(), 1 << 20  # bincount widens its input to int64: go chunk by chunk
     counts = sum(np.bincount(flat[i:i + chunk], minlength=256) for i in range(0, flat.size, chunk)).astype(float)
-    values = np.arange(256.0)
-    mean = float(counts @ values / counts.sum())
+    mean = float(counts @ (values := np.arange(256.0)) / counts.sum())
     return mean, float(np.sqrt(counts @ (values - mean) ** 2 / counts.sum()))
 
 
@@ -58,9 +57,10 @@ def _check_int(name: str, value, least: int = 1, most: float = math.inf) -> int:
 
 def normalize(images: np.ndarray, mu: float, sigma: float, dtype="float32", out: np.ndarray | None = None):
     """(x - mu) / sigma of raw pixels as `dtype`, looked up in a table of the 256 values (no float copy)."""
-    images, table = np.asarray(images), ((np.arange(256) - mu) / sigma).astype(_check_dtype(dtype))
+    images = np.asarray(images)
     if images.dtype != np.uint8 or not sigma > 0:
         raise ValueError(f"images must be uint8 raw pixels and sigma > 0, got {images.dtype} and {sigma}")
+    table = ((np.arange(256) - mu) / sigma).astype(_check_dtype(dtype))
     out = np.empty(images.shape, table.dtype) if out is None else out
     for i in range(0, len(images), 2048):  # np.take widens uint8 indices to int64: block by block
         np.take(table, images[i:i + 2048], out=out[i:i + 2048])

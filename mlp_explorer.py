@@ -168,7 +168,7 @@ def _color(run_id: int) -> str:
 
 _CSS = """<style>
 .mlp-explorer-table { border-collapse: collapse; font-size: 12px; font-variant-numeric: tabular-nums; }
-.mlp-explorer-table th, .mlp-explorer-table td { padding: 3px 8px; text-align: right; white-space: nowrap;
+.mlp-explorer-table th, .mlp-explorer-table td { padding: 3px 6px; text-align: right; white-space: nowrap;
   border-bottom: 1px solid rgba(128, 128, 128, 0.25); }
 .mlp-explorer-table th { font-weight: 600; border-bottom: 1px solid rgba(128, 128, 128, 0.7); }
 .mlp-explorer-table td:first-child, .mlp-explorer-table th:first-child { text-align: left; }
@@ -223,6 +223,8 @@ class Explorer:
         self.init = widgets.Dropdown(
             options=[("uniform in [-1, 1]", "uniform"), ("normal, std 1/√fan-in", "fan_in")], value=d.init,
             description="Initialisation", style=label, layout=wide)
+        self.activation.add_class("mlp-activation")
+        self.init.add_class("mlp-init")
         # Training
         self.learning_rate = number(_number(d.learning_rate), "Learning rate α", "mlp-learning-rate",
                                     "A number > 0, e.g. 0.1 or 1e-3")
@@ -539,57 +541,63 @@ class Explorer:
             formatters={k.replace(" (%)", ""): f for k, f in formatters.items()})
         self.table.value = _CSS + body
 
-    def _draw(self) -> None:
-        """Render the selected runs and the run in progress into the plot image."""
+    def figure(self):
+        """A matplotlib Figure (no pyplot) of the selected runs and the run in progress: loss and
+        accuracy (%) against gradient steps, one legend below naming each run by what differs."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.lines import Line2D
 
         with self._lock:
-            self._last_draw = time.monotonic()
             chosen = set(self.runs.value)
             shown = [h for h in self.histories if _run_id(h) in chosen]
             if self._live is not None:
                 shown.append(self._live)
-            labels = run_labels([h.config for h in shown], always=MAIN_SETTINGS if len(shown) == 1 else ())
-            handles = [Line2D([], [], color=_color(_run_id(h)), lw=2,
-                              label=label + (" (training…)" if h is self._live else ""))
-                       for h, label in zip(shown, labels)]
-            if shown:
-                handles += [Line2D([], [], color="0.35", lw=1.2, label="training"),
-                            Line2D([], [], color="0.35", lw=1.2, ls="--", label="validation")]
-            # the legend goes below both plots: the figure grows by one line per row of it
-            widest = max((len(h.get_label()) for h in handles), default=0)
-            ncol = 1 if len(handles) <= 3 else max(1, min(3, 110 // (widest + 6)))  # ~110 characters a line
-            legend = 0.2 * math.ceil(len(handles) / ncol) + 0.1 if handles else 0.0
-            height = 3.0 + legend
-            fig = Figure(figsize=(7.6, height), dpi=120)
-            FigureCanvasAgg(fig)
-            # fixed margins: a constrained layout would double the cost of every live redraw
-            ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw=dict(
-                left=0.08, right=0.99, bottom=(0.45 + legend) / height, top=1 - 0.27 / height, wspace=0.24))
-            for h in shown:
-                color = [_color(_run_id(h))]
-                mlp_plots.plot_loss(h, ax_loss, window=h.config.validation_interval, colors=color, band=True)
-                mlp_plots.plot_accuracy(h, ax_acc, colors=color)
-            ax_loss.set_title("Loss")
-            ax_acc.set_title("Accuracy")
-            if shown:
-                _limit_loss_axis(ax_loss, shown)
-                fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=ncol,
-                           fontsize=8, frameon=False)
-            else:
-                for ax in (ax_loss, ax_acc):
-                    mlp_plots.steps_axis(ax)
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                    ax.text(0.5, 0.5, "Press Train to start a run,\nor select runs below to compare them",
-                            ha="center", va="center", transform=ax.transAxes, color="0.5")
-                ax_loss.set_ylabel("cross-entropy loss")
-                ax_acc.set_ylabel("accuracy (%)")
+            live = self._live
+        labels = run_labels([h.config for h in shown], always=MAIN_SETTINGS if len(shown) == 1 else ())
+        handles = [Line2D([], [], color=_color(_run_id(h)), lw=2, label=label + " (training…)" * (h is live))
+                   for h, label in zip(shown, labels)]
+        if shown:
+            handles += [Line2D([], [], color="0.35", lw=1.2, label="training"),
+                        Line2D([], [], color="0.35", lw=1.2, ls="--", label="validation")]
+        # the legend goes below both plots: the figure grows by a line per row of it
+        widest = max((len(h.get_label()) for h in handles), default=0)
+        ncol = 1 if len(handles) <= 3 else max(1, min(3, 110 // (widest + 6)))  # ~110 characters a line
+        legend = 0.2 * math.ceil(len(handles) / ncol) + 0.1 if handles else 0.0
+        height = 3.0 + legend
+        fig = Figure(figsize=(7.6, height), dpi=120)
+        FigureCanvasAgg(fig)
+        # fixed margins: a constrained layout would double the cost of every live redraw
+        ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw=dict(
+            left=0.08, right=0.99, bottom=(0.45 + legend) / height, top=1 - 0.27 / height, wspace=0.24))
+        for h in shown:
+            color = [_color(_run_id(h))]
+            mlp_plots.plot_loss(h, ax_loss, window=h.config.validation_interval, colors=color, band=True)
+            mlp_plots.plot_accuracy(h, ax_acc, colors=color)
+        ax_loss.set_title("Loss")
+        ax_acc.set_title("Accuracy")
+        if shown:
+            _limit_loss_axis(ax_loss, shown)
+            fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=ncol, fontsize=8,
+                       frameon=False)
+        else:
+            for ax in (ax_loss, ax_acc):
+                mlp_plots.steps_axis(ax)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                ax.text(0.5, 0.5, "Press Train to start a run,\nor select runs below to compare them",
+                        ha="center", va="center", transform=ax.transAxes, color="0.5")
+            ax_loss.set_ylabel("cross-entropy loss")
+            ax_acc.set_ylabel("accuracy (%)")
+        return fig
+
+    def _draw(self) -> None:
+        """Render the figure into the plot image."""
+        with self._lock:  # an older image never replaces a newer one
+            self._last_draw = time.monotonic()
             buffer = io.BytesIO()
-            fig.savefig(buffer, format="png")
-            self.plot.value = buffer.getvalue()  # inside the lock: an older image never replaces a newer one
+            self.figure().savefig(buffer, format="png")
+            self.plot.value = buffer.getvalue()
 
 
 def _limit_loss_axis(ax, runs) -> None:

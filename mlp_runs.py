@@ -20,6 +20,7 @@ store, and KeyboardInterrupt is raised.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -30,6 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 import os
 import signal
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -139,11 +141,26 @@ class RunStore:
 # ---- training in worker processes -----------------------------------------------------------------
 
 def _worker_init() -> None:
-    import threading
-
     from tqdm import tqdm
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
     tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock, which a killed worker would leak
+
+
+@contextlib.contextmanager
+def _no_interrupts():
+    """Hold Ctrl-C back while the workers are ended, so that it cannot leave one running; a Ctrl-C
+    that came meanwhile is raised afterwards."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda *args: caught.append(args))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(*caught[0])  # the default handler raises KeyboardInterrupt
 
 
 def _describe(config: mlp.RunConfig) -> str:
@@ -229,7 +246,7 @@ def _train_all(todo: list[mlp.RunConfig], n_jobs: int | None, progress: bool, de
                     config = waiting.pop(0)
                     running[pool.submit(_train_quietly, config)] = _describe(config)
                 bar.set_postfix_str("; ".join(running.values()), refresh=False)
-                if time.time() - bar.last_print_t >= bar.mininterval:  # tqdm keeps time.time()
+                if not bar.disable and time.time() - bar.last_print_t >= bar.mininterval:  # tqdm keeps time.time()
                     bar.refresh()  # the elapsed time and the estimate tick on while the runs train
                 done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -237,14 +254,16 @@ def _train_all(todo: list[mlp.RunConfig], n_jobs: int | None, progress: bool, de
                     bar.update()
                     yield future.result()  # a worker's exception, or BrokenProcessPool, ends the sweep
         except BaseException as exc:  # Ctrl-C or an error: end the workers now, not after their runs
-            for process in list(pool._processes.values()):
-                process.terminate()
+            with _no_interrupts():
+                for process in list(pool._processes.values()):
+                    process.terminate()
             if isinstance(exc, BrokenProcessPool):
                 raise RuntimeError("a training worker process died (out of memory? or a script that trains "
                                    "without `if __name__ == \"__main__\":`); runs finished before it are kept") from exc
             raise
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            with _no_interrupts():
+                pool.shutdown(wait=True, cancel_futures=True)
             pool = running = None  # let its queues go now, not when a traceback that holds this frame does
     finally:
         bar.close()

@@ -35,9 +35,10 @@ and one protocol epoch of train() (float32, one BLAS thread, the same data and s
 timed, interleaved and repeated (15 times by default, alternating which goes first), per network.
 The table gives the median epoch time of each and the ratio today/REF, of the whole epoch, of its
 training steps and of its validations, and says whether both took bit-identical training steps
-(the same batch losses). The project's requirement: the [64] float32 protocol epoch of today's
-mlp_core stays within 5 % of that of 78208ef, measured this way in one run; its line says whether
-that holds. Timings on a busy machine are noisy: the header gives the load average at the start.
+(the same batch losses, and the same weights after the epoch). The project's requirement: today's
+[64] float32 protocol epoch is within 5 % of that of 78208ef (at most 5 % slower), measured this
+way in one run; the last line says whether it holds. Timings on a busy machine are noisy: the
+header gives the load average at the start; run it on an otherwise idle machine.
 
 The BLAS kernel matters: on machines that set OPENBLAS_CORETYPE (see the header line), OpenBLAS
 runs an older, slower kernel than the processor supports. To benchmark the processor's own kernel,
@@ -367,7 +368,7 @@ def git_source(ref: str, path: str = "mlp_core.py") -> tuple[str, str]:
     commit = found.stdout.strip()
     shown = _git("show", f"{commit}:{path}")
     if shown.returncode != 0:
-        raise ValueError(f"--against {ref!r}: commit {commit[:9]} has no {path}")
+        raise ValueError(f"--against {ref!r}: commit {commit[:7]} has no {path}")
     return shown.stdout, commit
 
 
@@ -388,11 +389,11 @@ def load_core_at(ref: str) -> types.ModuleType:
         exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 (the project's own history)
     except Exception as exc:
         del sys.modules[name]
-        raise ValueError(f"--against {ref!r}: the mlp_core.py of commit {commit[:9]} does not import here "
+        raise ValueError(f"--against {ref!r}: the mlp_core.py of commit {commit[:7]} does not import here "
                          f"({type(exc).__name__}: {exc})") from exc
     missing = [attr for attr in CORE_API if not hasattr(module, attr)]
     if missing:
-        raise ValueError(f"--against {ref!r}: the mlp_core.py of commit {commit[:9]} has no "
+        raise ValueError(f"--against {ref!r}: the mlp_core.py of commit {commit[:7]} has no "
                          f"{', '.join(missing)}, so its epochs cannot be timed the same way")
     return module
 

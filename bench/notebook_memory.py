@@ -7,11 +7,12 @@
 Every notebook in notebooks/task*.ipynb is executed headless, as the report build executes it, with
 two extra cells: a first one that starts a thread in the kernel which watches the kernel's worker
 processes (those mlp_runs.run_experiments trains in) and keeps each one's high-water mark of
-resident memory (VmHWM in /proc), and a last one that reports the kernel's own high-water mark and
+resident memory (VmHWM in /proc, read every 0.2 s), and a last one that reports the kernel's own high-water mark and
 the workers'. Unlike the report build, which trains every run before it executes the notebooks,
 the notebooks here train their runs themselves, in a fresh, empty run store ($MLP_RUN_STORE), so
-the figures are those of a notebook run by hand on a machine that has trained nothing yet. Set
-MLP_MEMORY_KEEP_STORE=1 to use the project's run store instead (then stored runs are not trained).
+the figures are those of a notebook run by hand on a machine that has trained nothing yet (the
+store is deleted afterwards). Set MLP_MEMORY_KEEP_STORE=1 to use the project's run store instead
+(then stored runs are loaded, not trained).
 Linux only.
 """
 from __future__ import annotations
@@ -72,32 +73,33 @@ print("MEMORY-PROBE " + _json.dumps({"kernel": _kernel_peak, "workers": sorted(_
 '''
 
 
-def _environment() -> tempfile.TemporaryDirectory | None:
-    """Caches in the project (never $HOME), as the report build sets them; an empty run store unless
-    MLP_MEMORY_KEEP_STORE=1 (returned, to be cleaned up)."""
+def _environment(scratch: Path) -> None:
+    """Caches in the project (never $HOME), as the report build sets them, and an empty run store in
+    `scratch` unless MLP_MEMORY_KEEP_STORE=1."""
     for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython"), ("JUPYTER_CONFIG_DIR", "jupyter/config"),
                      ("JUPYTER_DATA_DIR", "jupyter/data"), ("JUPYTER_RUNTIME_DIR", "jupyter/runtime")):
         os.environ.setdefault(var, str(REPO / ".cache" / sub))
         Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    if os.environ.get("MLP_MEMORY_KEEP_STORE") == "1":
-        return None
-    store = tempfile.TemporaryDirectory(prefix="mlp-memory-runs-")
-    os.environ["MLP_RUN_STORE"] = store.name
-    return store
+    if os.environ.get("MLP_MEMORY_KEEP_STORE") != "1":
+        os.environ["MLP_RUN_STORE"] = str(scratch / "runs")
 
 
-def measure(path: Path) -> tuple[float, dict]:
-    """Execute the notebook at `path` with the watch and probe cells; its seconds and the probe's figures."""
+def measure(path: Path, scratch: Path) -> tuple[float, dict]:
+    """Execute the notebook at `path` with the watch and probe cells (the kernel's sockets in
+    `scratch`); its seconds and the probe's figures."""
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell(WATCH))
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
     # over IPC, as the report build runs its kernels (over TCP, every kernel warns that it is unencrypted)
-    km = KernelManager(kernel_name="python3", transport="ipc",
-                       ip=str(Path(os.environ["JUPYTER_RUNTIME_DIR"]) / f"mlp-memory-{os.getpid()}"))
+    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(scratch / path.stem.split("_")[0]))
     t0 = time.perf_counter()
-    NotebookClient(nb, km=km, timeout=None, resources={"metadata": {"path": str(path.parent)}}).execute()
-    seconds = time.perf_counter() - t0
+    try:
+        NotebookClient(nb, km=km, timeout=None, resources={"metadata": {"path": str(path.parent)}}).execute()
+        seconds = time.perf_counter() - t0
+    finally:
+        if km.has_kernel:  # a kernel manager passed in is ours to shut down
+            km.shutdown_kernel()
     text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
     if "MEMORY-PROBE " not in text:
         raise RuntimeError(f"{path.name}: the memory probe printed nothing (is this Linux?)")
@@ -110,20 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     if not paths:
         print(f"no task notebook matches {wanted}", file=sys.stderr)
         return 2
-    store = _environment()
-    try:
+    with tempfile.TemporaryDirectory(prefix="mlp-memory-") as scratch:
+        _environment(Path(scratch))
         print(f"{'notebook':40s} {'seconds':>8s} {'kernel peak MB':>15s} {'workers':>8s} {'worker peak MB':>15s}")
         worst = 0.0
         for path in paths:
-            seconds, probe = measure(path)
+            seconds, probe = measure(path, Path(scratch))
             workers = probe["workers"]
             worker_peak = f"{max(workers):.0f}" if workers else "-"
             worst = max(worst, probe["kernel"])
             print(f"{path.name:40s} {seconds:8.1f} {probe['kernel']:15.0f} {len(workers):8d} {worker_peak:>15s}",
                   flush=True)
-    finally:
-        if store is not None:
-            store.cleanup()
     print(f"largest kernel peak: {worst:.0f} MB (target <= {LIMIT_MB:.0f} MB: {'met' if worst <= LIMIT_MB else 'NOT met'})")
     return 0
 

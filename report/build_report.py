@@ -37,12 +37,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS, REPORT = REPO / "notebooks", REPO / "report"
-BUILD, TEMPLATES = REPORT / "build", REPORT / "templates"
+BUILD = Path(os.environ.get("MLP_REPORT_BUILD") or REPORT / "build")  # executed notebooks, the merged notebook, report.tex
+TEMPLATES = REPORT / "templates"
 CACHE = REPO / ".cache"
 TITLE = "Multi Layer Networks"
 SUBTITLE = "Assignment 2: a multi-layer perceptron for MNIST, from scratch in numpy"
@@ -55,7 +57,9 @@ def say(text: str) -> None:
 
 
 def _environment(smoke: bool, strict: bool) -> None:
-    """Caches in the project (never $HOME); what the notebooks' kernels inherit."""
+    """Caches in the project (never $HOME); what the notebooks' kernels inherit; quiet libraries."""
+    import logging
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # kernels killed by Ctrl-C are expected
     for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython"), ("JUPYTER_CONFIG_DIR", "jupyter/config"),
                      ("JUPYTER_DATA_DIR", "jupyter/data"), ("JUPYTER_RUNTIME_DIR", "jupyter/runtime")):
         os.environ.setdefault(var, str(CACHE / sub))
@@ -119,12 +123,14 @@ class NotebookFailed(RuntimeError):
     """A notebook raised an error while executing; the message names the notebook and the error."""
 
 
-async def _execute(path: Path, out: Path, kernels: list) -> float:
+async def _execute(path: Path, out: Path, kernels: list, stopping) -> float:
     import nbformat
     from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
     nb = nbformat.read(path, as_version=4)
+    if stopping.is_set():  # Ctrl-C came: start no more kernels
+        raise asyncio.CancelledError
     # IPC sockets in the runtime folder: no TCP ports, and no "running over TCP" warning from the kernel
     ipc = Path(os.environ["JUPYTER_RUNTIME_DIR"]) / f"mlp-{os.getpid()}-{path.stem.split('_')[0]}"
     km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(ipc))
@@ -135,20 +141,21 @@ async def _execute(path: Path, out: Path, kernels: list) -> float:
         await client.async_execute()
     except CellExecutionError as exc:
         write_atomic(out.with_suffix(".failed.ipynb"), nbformat.writes(nb))
-        claim = re.search(r"ClaimNotSupported: (.*)", str(exc))
-        raise NotebookFailed(f"{path.name}: {claim.group(1) if claim else str(exc)[-2500:]}") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))  # the traceback's terminal colours
+        claim = re.search(r"ClaimNotSupported: (.*)", text)
+        raise NotebookFailed(f"{path.name}: {claim.group(1) if claim else text[-2500:]}") from None
     nb.metadata["mlp_build_key"] = out.stem
     write_atomic(out, nbformat.writes(nb))
     return time.perf_counter() - t0
 
 
-async def _execute_all(todo: list[tuple[Path, Path]], jobs: int, kernels: list) -> dict[str, float]:
+async def _execute_all(todo: list[tuple[Path, Path]], jobs: int, kernels: list, stopping) -> dict[str, float]:
     semaphore, seconds = asyncio.Semaphore(jobs), {}
 
     async def one(path: Path, out: Path):
         async with semaphore:
             say(f"  executing {path.stem} …")
-            seconds[path.stem] = await _execute(path, out, kernels)
+            seconds[path.stem] = await _execute(path, out, kernels, stopping)
             say(f"  executed {path.stem} in {seconds[path.stem]:.1f} s")
     await asyncio.gather(*(one(path, out) for path, out in todo))
     return seconds
@@ -168,11 +175,40 @@ def execute_notebooks(paths: list[Path], smoke: bool, strict: bool, jobs: int) -
                 old.unlink()
     kernels: list = []
     say(f"Notebooks: {len(paths) - len(todo)} unchanged since the last build, {len(todo)} to execute.")
+    stopping = threading.Event()
+    seconds = run_interruptibly(lambda: _execute_all(todo, jobs, kernels, stopping), kernels, stopping) if todo else {}
+    return [nbformat.read(outs[p], as_version=4) for p in paths], {p.stem: seconds.get(p.stem) for p in paths}
+
+
+def run_interruptibly(make_coroutine, kernels: list, stopping):
+    """Run the notebooks' event loop in a thread of its own, so that Ctrl-C always reaches this one
+    (nbclient would otherwise take SIGINT over on the loop), then end the kernels at once: a busy
+    kernel would not answer a shutdown request. A second Ctrl-C is ignored while that happens."""
+    loop, outcome = asyncio.new_event_loop(), {}
+
+    def run():
+        try:
+            outcome["result"] = loop.run_until_complete(make_coroutine())
+        except BaseException as exc:  # handed to the main thread
+            outcome["error"] = exc
+    thread = threading.Thread(target=run, name="notebooks", daemon=True)
+    thread.start()
     try:
-        seconds = asyncio.run(_execute_all(todo, jobs, kernels)) if todo else {}
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stopping.set()
+        _kill_kernels(kernels)
+        loop.call_soon_threadsafe(lambda: [task.cancel() for task in asyncio.all_tasks(loop)])
+        thread.join(2)
+        raise
     finally:
         _kill_kernels(kernels)
-    return [nbformat.read(outs[p], as_version=4) for p in paths], {p.stem: seconds.get(p.stem) for p in paths}
+    if "error" in outcome:
+        raise outcome["error"]
+    loop.close()
+    return outcome["result"]
 
 
 def _kill_kernels(kernels: list) -> None:
@@ -275,6 +311,7 @@ def export_pdf(nb, target: Path) -> None:
     write_atomic(BUILD / "report.tex", latex)  # for inspection; the PDF is built from the same notebook
     exporter = PDFExporter(**opts)
     exporter.verbose = False
+    exporter.latex_count = 1  # no cross-references or table of contents: one xelatex pass is the whole PDF
     pdf, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "report"}})
     write_atomic(target, pdf)
 
@@ -303,8 +340,7 @@ def _figure_captions(nb) -> None:
 HTML_STYLE = """<style>
 math { font-size: 1.1em; }
 .mlp-table caption { font-size: 0.9em; caption-side: top; text-align: left; padding-bottom: 0.4em; }
-.jp-RenderedMarkdown.jp-OutputArea-output > .mlp-prose, .jp-RenderedHTMLCommon > .mlp-prose { margin: 0; }
-.jp-OutputArea-output.jp-RenderedMarkdown { padding-left: var(--jp-code-padding, 0); }
+.jp-OutputArea-output { padding-left: var(--jp-code-padding, 5px); }  /* align with the written text */
 .mlp-math sub, .mlp-math sup { font-size: 0.75em; }
 </style>"""
 
@@ -365,12 +401,17 @@ def main(argv: list[str] | None = None) -> int:
         counts = train_plan(paths, args.fresh)
         notebooks, seconds = execute_notebooks(paths, smoke, strict, args.jobs)
         merged = merge(notebooks, smoke)
-        write_atomic(BUILD / "report.ipynb", json.dumps(merged, indent=1))
-        t0 = time.perf_counter()
-        export_html(merged, out / "report.html") if shutil.which("pandoc") else None
-        lacking = missing_tools()
-        if not lacking:
-            export_pdf(merged, out / "report.pdf")
+        t0, lacking = time.perf_counter(), missing_tools()
+        content = hashlib.sha256(json.dumps([merged.cells, lacking, str(out)], sort_keys=True).encode()).hexdigest()
+        wanted = ["report.html"] + ([] if lacking else ["report.pdf"])
+        unchanged = (BUILD / "report.key").exists() and (BUILD / "report.key").read_text() == content and all(
+            (out / name).exists() for name in wanted)
+        if not unchanged:
+            write_atomic(BUILD / "report.ipynb", json.dumps(merged, indent=1))
+            export_html(merged, out / "report.html") if shutil.which("pandoc") else None
+            if not lacking:
+                export_pdf(merged, out / "report.pdf")
+            write_atomic(BUILD / "report.key", content)
         exported = time.perf_counter() - t0
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C cannot interrupt the clean-up
@@ -383,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"Report built in {time.perf_counter() - t_start:.0f} s: runs {counts['trained']} trained and {counts['reused']} reused "
         f"({counts['train_seconds']:.0f} s); notebooks " + ", ".join(
             f"{name.split('_')[0]} {'reused' if s is None else f'{s:.1f} s'}" for name, s in seconds.items())
-        + f"; export {exported:.1f} s.")
+        + ("; the report itself is unchanged, so it was kept." if unchanged else f"; export {exported:.1f} s."))
     if lacking:
         say(f"Only report/report.html was written: {', '.join(lacking)} not found. For the PDF install them "
             f"(Debian/Ubuntu: `make system-deps`, macOS: `brew install pandoc basictex`), then run `make report` again.")

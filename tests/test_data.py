@@ -5,6 +5,7 @@ import http.server
 import shutil
 import socket
 import threading
+import time
 from functools import partial
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import mlp_core as mlp
+import mnist_files as mf
 
 LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
@@ -24,10 +26,10 @@ def idx_bytes(magic: int, dims: list[int], payload: bytes) -> bytes:
 
 def test_parse_idx_images_and_labels():
     pixels = np.arange(3 * 784, dtype=np.uint8)
-    images = mlp.parse_idx(idx_bytes(2051, [3, 28, 28], pixels.tobytes()), magic=2051, count=3)
+    images = mf.parse_idx(idx_bytes(2051, [3, 28, 28], pixels.tobytes()), magic=2051, count=3)
     assert images.shape == (3, 784) and images.dtype == np.uint8
     np.testing.assert_array_equal(images.ravel(), pixels)
-    labels = mlp.parse_idx(idx_bytes(2049, [4], bytes([7, 0, 9, 3])), magic=2049, count=4)
+    labels = mf.parse_idx(idx_bytes(2049, [4], bytes([7, 0, 9, 3])), magic=2049, count=4)
     np.testing.assert_array_equal(labels, [7, 0, 9, 3])
 
 
@@ -40,7 +42,7 @@ def test_parse_idx_images_and_labels():
 ])
 def test_parse_idx_rejects_malformed_data(raw, message):
     with pytest.raises(mlp.MNISTDataError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        mlp.parse_idx(raw, magic=2051, count=2, name="synthetic.gz")
+        mf.parse_idx(raw, magic=2051, count=2, name="synthetic.gz")
 
 
 # ---- The real files ----------------------------------------------------------------------------
@@ -78,14 +80,22 @@ def test_prepare_data_follows_the_protocol(mnist):
 
 def test_one_hot_and_bias_checks():
     np.testing.assert_array_equal(mlp.one_hot(np.array([2, 0]), 3), [[0, 0, 1], [1, 0, 0]])
-    with pytest.raises(ValueError, match="labels must lie in"):
+    with pytest.raises(ValueError, match=r"labels must be 2 integers in \[0, 9\]"):
         mlp.one_hot(np.array([0, 10]))
-    with pytest.raises(ValueError, match="1-D integer"):
+    with pytest.raises(ValueError, match="labels must be 1 integers"):
         mlp.one_hot(np.array([0.5]))
     with pytest.raises(ValueError, match="2-D"):
         mlp.add_bias(np.zeros(3))
-    with pytest.raises(ValueError, match="sigma must be > 0"):
-        mlp.normalize(np.zeros(3), 0.0, 0.0)
+    with pytest.raises(ValueError, match="sigma > 0"):
+        mlp.normalize(np.zeros(3, np.uint8), 0.0, 0.0)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "float16", "uint8"])
+def test_prepare_data_checks_its_dtype(dtype):
+    with pytest.raises(ValueError, match=f"dtype must be one of \\['float32', 'float64'\\], got '{dtype}'"):
+        mlp.prepare_data(100, dtype)
+    with pytest.raises(ValueError, match="n_train must be an integer >= 1 and <= 60000, got 0"):
+        mlp.prepare_data(0)
 
 
 # ---- Damaged copies of the real files ----------------------------------------------------------
@@ -103,7 +113,7 @@ def _write(tmp_path: Path, key: str, data: bytes, compress: bool = True) -> Path
 
 def test_missing_file_says_what_to_do(tmp_path):
     with pytest.raises(mlp.MNISTDataError, match="not found.*MNIST_DIR"):
-        mlp.read_idx_gz(tmp_path / "train-labels-idx1-ubyte.gz", "train_labels")
+        mf.read_idx_gz(tmp_path / "train-labels-idx1-ubyte.gz", "train_labels")
     with pytest.raises(mlp.MNISTDataError, match="missing MNIST files"):
         mlp.load_mnist(tmp_path, download=False)
 
@@ -113,13 +123,13 @@ def test_truncated_file(mnist_path, tmp_path):
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(good[: len(good) // 2])
     with pytest.raises(mlp.MNISTDataError, match="t10k-labels-idx1-ubyte.gz: the gzip stream is truncated"):
-        mlp.read_idx_gz(path, "test_labels")
+        mf.read_idx_gz(path, "test_labels")
 
 
 def test_not_gzip(mnist_path, tmp_path):
     path = _write(tmp_path, "test_labels", _raw(mnist_path, "test_labels"), compress=False)
     with pytest.raises(mlp.MNISTDataError, match="not a gzip file"):
-        mlp.read_idx_gz(path, "test_labels")
+        mf.read_idx_gz(path, "test_labels")
 
 
 def test_wrong_magic(mnist_path, tmp_path):
@@ -127,7 +137,7 @@ def test_wrong_magic(mnist_path, tmp_path):
     raw[3] = 0x03  # 2049 -> 2051
     path = _write(tmp_path, "test_labels", bytes(raw))
     with pytest.raises(mlp.MNISTDataError, match="wrong magic number 2051 .expected 2049"):
-        mlp.read_idx_gz(path, "test_labels")
+        mf.read_idx_gz(path, "test_labels")
 
 
 def test_wrong_count(mnist_path, tmp_path):
@@ -135,13 +145,13 @@ def test_wrong_count(mnist_path, tmp_path):
     fewer = raw[:4] + (9_999).to_bytes(4, "big") + raw[8:-1]
     path = _write(tmp_path, "test_labels", fewer)
     with pytest.raises(mlp.MNISTDataError, match="wrong count 9999 .expected 10000"):
-        mlp.read_idx_gz(path, "test_labels")
+        mf.read_idx_gz(path, "test_labels")
 
 
 def test_truncated_payload(mnist_path, tmp_path):
     path = _write(tmp_path, "test_labels", _raw(mnist_path, "test_labels")[:-10])
     with pytest.raises(mlp.MNISTDataError, match="9998 bytes where the header announces 10008"):
-        mlp.read_idx_gz(path, "test_labels")
+        mf.read_idx_gz(path, "test_labels")
 
 
 def test_checksum_mismatch(mnist_path, tmp_path):
@@ -149,7 +159,7 @@ def test_checksum_mismatch(mnist_path, tmp_path):
     raw[100] = (raw[100] + 1) % 10  # a valid-looking label, but not MNIST's
     path = _write(tmp_path, "test_labels", bytes(raw))
     with pytest.raises(mlp.MNISTDataError, match="SHA-256 of the decompressed data"):
-        mlp.read_idx_gz(path, "test_labels")
+        mf.read_idx_gz(path, "test_labels")
 
 
 def _copy_all(mnist_path: Path, target: Path) -> None:
@@ -172,10 +182,48 @@ def test_corrupt_file_in_the_cache_is_moved_aside(mnist_path, tmp_path, monkeypa
     _copy_all(mnist_path, cache)
     bad = cache / "t10k-labels-idx1-ubyte.gz"
     bad.write_bytes(bad.read_bytes()[:100])
-    monkeypatch.setattr(mlp, "DEFAULT_CACHE", cache)
-    with pytest.raises(mlp.MNISTDataError, match="moved aside"):
+    monkeypatch.setattr(mf, "DEFAULT_CACHE", cache)
+    with pytest.raises(mlp.MNISTDataError) as caught:
         mlp.load_mnist(cache, download=False)
+    assert "gzip stream is truncated" in str(caught.value)
+    assert "It was moved aside to t10k-labels-idx1-ubyte.gz.corrupt; run again to download a fresh copy." in str(caught.value)
+    assert "Delete it" not in str(caught.value)  # one remedy, not two that contradict each other
     assert not bad.exists() and (cache / "t10k-labels-idx1-ubyte.gz.corrupt").exists()
+
+
+def test_a_folder_named_like_a_data_file_is_reported_not_moved(mnist_path, tmp_path, monkeypatch):
+    cache = (tmp_path / "cache").resolve()
+    _copy_all(mnist_path, cache)
+    (cache / "t10k-labels-idx1-ubyte.gz").unlink()
+    (cache / "t10k-labels-idx1-ubyte.gz").mkdir()
+    monkeypatch.setattr(mf, "DEFAULT_CACHE", cache)
+    with pytest.raises(mlp.MNISTDataError, match="t10k-labels-idx1-ubyte.gz: a folder where the MNIST file should be"):
+        mlp.load_mnist(cache, download=False)
+    assert (cache / "t10k-labels-idx1-ubyte.gz").is_dir() and not (cache / "t10k-labels-idx1-ubyte.gz.corrupt").exists()
+
+
+def test_a_failing_move_aside_is_explained(mnist_path, tmp_path, monkeypatch):
+    cache = (tmp_path / "cache").resolve()
+    _copy_all(mnist_path, cache)
+    (cache / "t10k-labels-idx1-ubyte.gz").write_bytes(b"garbage")
+    monkeypatch.setattr(mf, "DEFAULT_CACHE", cache)
+
+    def refuse(*args):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(mf.os, "replace", refuse)
+    with pytest.raises(mlp.MNISTDataError, match=r"not a gzip file .* It could not be moved aside \(Permission denied\); "
+                                                 r"delete it and run again"):
+        mlp.load_mnist(cache, download=False)
+
+
+def test_an_unreadable_file_is_an_mnist_data_error(mnist_path, tmp_path, monkeypatch):
+    _copy_all(mnist_path, tmp_path)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(mf.gzip, "open", denied)
+    with pytest.raises(mlp.MNISTDataError, match=r"cannot be read \(Permission denied\). Check its permissions"):
+        mf.read_idx_gz(tmp_path / "t10k-labels-idx1-ubyte.gz", "test_labels")
 
 
 # ---- Download from a local HTTP server ---------------------------------------------------------
@@ -215,7 +263,7 @@ def test_download_of_a_corrupted_file_is_discarded(mnist_path, http_root, tmp_pa
     target = tmp_path / "downloaded"
     with pytest.raises(mlp.MNISTDataError, match="t10k-labels-idx1-ubyte.gz: the file downloaded from .* failed "
                                                  "verification and was discarded"):
-        mlp.download_mnist(target, base_url=url, progress=False)
+        mf.download_mnist(target, base_url=url, progress=False)
     left = sorted(p.name for p in target.iterdir())
     assert "t10k-labels-idx1-ubyte.gz" not in left and not any(n.endswith(".part") for n in left)
 
@@ -227,14 +275,14 @@ def test_download_truncated_file_is_discarded(mnist_path, http_root, tmp_path):
     (root / "mnist" / "train-labels-idx1-ubyte.gz").write_bytes(good[:1000])
     target = tmp_path / "downloaded"
     with pytest.raises(mlp.MNISTDataError, match="train-labels-idx1-ubyte.gz: .*truncated"):
-        mlp.download_mnist(target, base_url=url, progress=False)
+        mf.download_mnist(target, base_url=url, progress=False)
     assert not (target / "train-labels-idx1-ubyte.gz").exists()
 
 
 def test_download_missing_on_server(http_root, tmp_path):
     _, url = http_root
     with pytest.raises(mlp.MNISTDataError, match="download from .* failed .*404"):
-        mlp.download_mnist(tmp_path / "downloaded", base_url=url, progress=False)
+        mf.download_mnist(tmp_path / "downloaded", base_url=url, progress=False)
     assert list((tmp_path / "downloaded").iterdir()) == []
 
 
@@ -243,4 +291,57 @@ def test_download_server_unreachable(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again before the download: nothing listens there
     with pytest.raises(mlp.MNISTDataError, match="download from .* failed.*copy the four MNIST"):
-        mlp.download_mnist(tmp_path / "d", base_url=f"http://127.0.0.1:{port}/", progress=False, timeout=5)
+        mf.download_mnist(tmp_path / "d", base_url=f"http://127.0.0.1:{port}/", progress=False, timeout=5)
+
+
+def test_downloaded_files_are_readable_like_copied_ones(mnist_path, http_root, tmp_path):
+    root, url = http_root
+    _copy_all(mnist_path, root / "mnist")
+    target = tmp_path / "downloaded"
+    mf.download_mnist(target, base_url=url, progress=False)
+    assert {oct(p.stat().st_mode & 0o777) for p in target.iterdir()} == {"0o644"}
+
+
+def test_a_gzip_bomb_is_not_decompressed_beyond_the_file_size(http_root, tmp_path):
+    root, url = http_root
+    (root / "mnist").mkdir()
+    header = (2049).to_bytes(4, "big") + (10_000).to_bytes(4, "big")
+    (root / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(50_000_000)))
+    with pytest.raises(mlp.MNISTDataError, match="decompresses to more than the 47,040,016 bytes"):
+        mf.download_mnist(tmp_path / "d", base_url=url, progress=False)
+
+
+@pytest.fixture
+def drip_server():
+    """A mirror on 127.0.0.1 that announces a file and then sends one byte every 0.3 s."""
+    class Drip(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000000")
+            self.end_headers()
+            try:
+                for _ in range(200):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.3)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_slow_drip_mirror_runs_into_the_deadline(drip_server, tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(mlp.MNISTDataError, match=r"download from .* failed \(not finished within the deadline of 2 s\)"):
+        mf.download_mnist(tmp_path / "d", base_url=drip_server, progress=False, timeout=5, deadline=2)
+    assert time.monotonic() - t0 < 4
+    assert not any(p.name.endswith(".part") for p in (tmp_path / "d").iterdir())

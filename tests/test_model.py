@@ -50,6 +50,16 @@ def test_activations_and_slopes(activation, no_fp_warnings):
 def test_improved_sigmoid_slope_at_zero():
     _, slope = mlp.ACTIVATIONS["improved_sigmoid"]
     assert slope(np.array(0.0)) == pytest.approx(1.7159 * 2 / 3)
+    assert slope(np.zeros(3))[0] == pytest.approx(1.7159 * 2 / 3)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "improved_sigmoid"])
+def test_slopes_write_in_place(activation):
+    f, slope = mlp.ACTIVATIONS[activation]
+    a = f(np.linspace(-3, 3, 7))
+    out = np.empty_like(a)
+    assert slope(a, out=out) is out
+    np.testing.assert_allclose(out, slope(a))
 
 
 def test_forward_shapes_and_probabilities():
@@ -88,19 +98,63 @@ def test_gradient_check_detects_a_wrong_gradient(small_data):
     assert mlp.gradient_check(model, X, Y) > 1e-6
 
 
-def test_train_step_equals_forward_backward(small_data):
-    """The in-place training step computes exactly the gradients of MLP.forward/backward."""
-    for activation in ("sigmoid", "improved_sigmoid"):
-        model = mlp.MLP([32, 16, 10], activation=activation, dtype="float64", rng=5)
-        X, Y, labels = (small_data.train.X[:32].astype(np.float64), small_data.train.Y[:32].astype(np.float64),
-                        small_data.train.labels[:32])
-        expected = model.backward(model.forward(X), Y)
-        buf = mlp._TrainBuffers(model, 32)
-        buf.acts[0][...] = X
-        loss = mlp._train_step(model, buf, Y, labels)
-        assert loss == pytest.approx(model.loss(X, labels), rel=1e-12)
-        for g, e in zip(buf.grads, expected):
-            np.testing.assert_allclose(g, e, rtol=1e-10, atol=1e-14)
+@pytest.mark.parametrize("poison", ["weight", "input"])
+def test_gradient_check_fails_on_nan(small_data, poison):
+    """A check that cannot fail is no check: NaN anywhere is an error, never a perfect 0."""
+    model = mlp.MLP([16, 10], dtype="float64", rng=0)
+    X, Y = small_data.train.X[:20].astype(np.float64), small_data.train.Y[:20].astype(np.float64)
+    if poison == "weight":
+        model.weights[0][3, 2] = np.nan
+    else:
+        X = X.copy()
+        X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="non-finite values; no check can pass"):
+        mlp.gradient_check(model, X, Y)
+
+
+def test_gradient_check_needs_float64(small_data):
+    with pytest.raises(ValueError, match="needs a float64 model"):
+        mlp.gradient_check(mlp.MLP([16, 10], rng=0), small_data.train.X[:5], small_data.train.Y[:5])
+
+
+def test_backward_against_an_independent_implementation():
+    """MLP.backward (the pass training uses) against the matrix formulas of Task 1b written out
+    separately, for three layers of different widths and both activations."""
+    rng = np.random.default_rng(4)
+    X, labels = rng.normal(size=(9, 785)), rng.integers(0, 10, 9)
+    Y = mlp.one_hot(labels, dtype=np.float64)
+    for activation, f, df in (("sigmoid", lambda z: 1 / (1 + np.exp(-z)), lambda a: a * (1 - a)),
+                              ("improved_sigmoid", lambda z: 1.7159 * np.tanh(2 * z / 3), lambda a: (2 / 3) / 1.7159 * (1.7159 ** 2 - a ** 2))):
+        model = mlp.MLP([7, 5, 10], activation=activation, init="fan_in", dtype="float64", rng=1)
+        W1, W2, W3 = model.weights
+        A1 = f(X @ W1)
+        A2 = f(A1 @ W2)
+        Z3 = A2 @ W3
+        P = np.exp(Z3 - Z3.max(1, keepdims=True))
+        P /= P.sum(1, keepdims=True)
+        D3 = (P - Y) / len(X)
+        D2 = df(A2) * (D3 @ W3.T)
+        D1 = df(A1) * (D2 @ W2.T)
+        expected = [X.T @ D1, A1.T @ D2, A2.T @ D3]
+        for g, e in zip(model.backward(model.forward(X), Y), expected):
+            np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-15)
+        assert model.loss(X, labels) == pytest.approx(-np.log(P[np.arange(9), labels]).mean(), rel=1e-12)
+        np.testing.assert_allclose(model.hidden_outputs(X)[1], A2, rtol=1e-12)
+
+
+def test_a_training_step_uses_the_backward_pass(small_data):
+    """One step of train() moves every weight by exactly lr times MLP.backward's gradient on the
+    first batch: training and MLP.backward are one implementation."""
+    cfg = mlp.RunConfig(n_train=640, n_val=500, max_epochs=1, dtype="float64", init="fan_in", layer_sizes=(16, 8, 10))
+    h = mlp.train(cfg, progress=False, should_stop=lambda: True)
+    assert h.steps == 1
+    start = mlp.initial_model(cfg)
+    batch = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(2)[1]).permutation(cfg.n_train)[:32]
+    data = mlp.prepare_data(640, "float64", 500)
+    grads = start.backward(start.forward(data.train.X[batch]), data.train.Y[batch])
+    for w0, w1, g in zip(start.weights, h.weights, grads):
+        np.testing.assert_allclose(w1, w0 - cfg.learning_rate * g, rtol=1e-12, atol=1e-15)
+    assert h.train_loss[0] == pytest.approx(start.loss(data.train.X[batch], data.train.labels[batch]), rel=1e-12)
 
 
 def test_momentum_update_worked_by_hand():
@@ -123,24 +177,18 @@ def test_parameter_counts():
     assert mlp.count_parameters([64] * 10 + [10]) == 785 * 64 + 9 * 64 * 64 + 640
 
 
-def test_equal_width_for_budget():
-    assert mlp.equal_width_for_budget(50_880, n_hidden=2) == (60, 51_300)
-    assert mlp.equal_width_for_budget(50_880, n_hidden=1) == (64, 50_880)
-    with pytest.raises(ValueError, match="budget"):
-        mlp.equal_width_for_budget(0)
-
-
 # ---- Bad arguments name the argument and the value ---------------------------------------------
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(layer_sizes=[]), "layer_sizes must be a non-empty list"),
-    (dict(layer_sizes=[0, 10]), "layer_sizes must hold positive integers, got 0"),
-    (dict(layer_sizes=[-5, 10]), "got -5"),
-    (dict(layer_sizes=[64.5, 10]), "got 64.5"),
-    (dict(layer_sizes=[64, 7]), "must be 10, got \\[64, 7\\]"),
+    (dict(layer_sizes=[]), "layer_sizes must list positive integers, .* got \\[\\]"),
+    (dict(layer_sizes=[0, 10]), "got \\[0, 10\\]"),
+    (dict(layer_sizes=[-5, 10]), "got \\[-5, 10\\]"),
+    (dict(layer_sizes=[64.5, 10]), "got \\[64.5, 10\\]"),
+    (dict(layer_sizes=[64, 7]), "then the 10 outputs, .* got \\[64, 7\\]"),
     (dict(activation="relu"), "activation must be one of .* got 'relu'"),
     (dict(init="xavier"), "init must be one of .* got 'xavier'"),
-    (dict(dtype="float16"), "dtype must be float32 or float64"),
+    (dict(dtype="float16"), "dtype must be one of \\['float32', 'float64'\\], got 'float16'"),
+    (dict(input_size=0), "input_size must be an integer >= 1, got 0"),
 ])
 def test_model_argument_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -153,13 +201,14 @@ def test_model_argument_errors(kwargs, message):
     (dict(learning_rate=float("nan")), "learning_rate .* got nan"),
     (dict(momentum=1.0), "momentum must be in \\[0, 1\\), got 1.0"),
     (dict(momentum=-0.1), "momentum must be in \\[0, 1\\), got -0.1"),
-    (dict(batch_size=0), "batch_size must be a positive integer, got 0"),
-    (dict(max_epochs=-1), "max_epochs must be a positive integer, got -1"),
-    (dict(patience=0), "patience must be a positive integer, got 0"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+    (dict(max_epochs=-1), "max_epochs must be an integer >= 1, got -1"),
+    (dict(patience=0), "patience must be an integer >= 1, got 0"),
+    (dict(patience=2.5), "patience must be an integer >= 1, got 2.5"),
     (dict(n_train=100, batch_size=128), "batch_size \\(128\\) must not exceed n_train \\(100\\)"),
-    (dict(seed=-1), "seed must be a non-negative integer, got -1"),
+    (dict(seed=-1), "seed must be an integer >= 0, got -1"),
     (dict(dtype="int8"), "dtype must be one of"),
-    (dict(layer_sizes=()), "layer_sizes must be a non-empty list"),
+    (dict(layer_sizes=()), "layer_sizes must list positive integers"),
 ])
 def test_config_argument_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -168,15 +217,15 @@ def test_config_argument_errors(kwargs, message):
 
 def test_input_errors():
     model = mlp.MLP([8, 10], rng=0)
-    with pytest.raises(ValueError, match=r"X must have shape \(N, 785\).*got \(3, 784\)"):
+    with pytest.raises(ValueError, match=r"X must be a floating-point array of shape \(N, 785\).*got float32 \(3, 784\)"):
         model.forward(np.zeros((3, 784), np.float32))
-    with pytest.raises(ValueError, match="X must have shape"):
+    with pytest.raises(ValueError, match="X must be a floating-point array of shape"):
         model.forward(np.zeros(785, np.float32))
-    with pytest.raises(ValueError, match="X must be a floating-point array .* got dtype uint8"):
+    with pytest.raises(ValueError, match=r"X must be a floating-point array .* got uint8 \(3, 785\)"):
         model.forward(np.zeros((3, 785), np.uint8))
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 9\], got values from 0 to 10"):
+    with pytest.raises(ValueError, match=r"labels must be 2 integers in \[0, 9\], got int64 \(2,\) from 0 to 10"):
         model.check_inputs(np.zeros((2, 785), np.float32), np.array([0, 10]))
-    with pytest.raises(ValueError, match="labels must be an integer array of shape"):
+    with pytest.raises(ValueError, match="labels must be 2 integers"):
         model.check_inputs(np.zeros((2, 785), np.float32), np.array([0.0, 1.0]))
     with pytest.raises(ValueError, match="Y must be one-hot of shape"):
         model.backward(model.forward(np.zeros((2, 785), np.float32)), np.zeros((2, 9)))

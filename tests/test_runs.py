@@ -166,3 +166,14 @@ def test_sigint_ends_a_parallel_sweep_within_seconds(tmp_path, mnist_path):
     time.sleep(0.5)
     assert not [p for p in workers if _alive(p)], "a worker process outlived the sweep"
     assert list((tmp_path / "runs").glob("*.tmp")) == []
+
+
+def test_changing_one_experiment_trains_only_its_runs(store, monkeypatch):
+    configs = [mlp.RunConfig(**QUICK, seed=s, name="a") for s in (0, 1)] + [mlp.RunConfig(**QUICK, seed=0, name="b")]
+    mlp_runs.run_experiments(configs, store=store, n_jobs=1, progress=False)
+    trained = []
+    real = mlp_runs._train_quietly
+    monkeypatch.setattr(mlp_runs, "_train_quietly", lambda c: trained.append(c.name) or real(c))
+    changed = configs[:2] + [configs[2].replace(learning_rate=0.05)]
+    mlp_runs.run_experiments(changed, store=store, n_jobs=1, progress=False)
+    assert trained == ["b"]

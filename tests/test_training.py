@@ -13,7 +13,7 @@ def test_protocol_cadence(small_data):
     cfg = mlp.RunConfig(**QUICK)
     assert cfg.steps_per_epoch == 20 and cfg.validation_interval == 4
     h = mlp.train(cfg, small_data, progress=False)
-    assert h.steps == 60 and h.stop_reason == "max_epochs"
+    assert h.steps == 60 and h.stop_reason == "max_epochs" and h.completed
     assert h.val_steps == list(range(0, 60, 4))
     assert len(h.train_loss) == 60 and len(h.epoch_times) == 3
     assert len(h.val_loss) == len(h.val_acc) == len(h.train_acc) == len(h.val_steps)
@@ -37,17 +37,13 @@ def test_learning_happens(small_data):
 
 
 def scripted_validation(monkeypatch, losses):
-    """Replace the validation pass by a scripted sequence of validation losses."""
-    values = iter(losses)
+    """Replace the evaluation of the validation set by a scripted sequence of validation losses."""
+    values, real = iter(losses), mlp.evaluate
 
-    def fake(model, hist, step, train_split, val_split, buf):
-        hist.val_steps.append(step)
-        hist.val_loss.append(next(values))
-        hist.val_acc.append(0.5)
-        hist.train_acc.append(0.5)
-        hist.train_loss_full.append(1.0)
+    def fake(model, split, ws=None):
+        return (next(values, 1.0), 0.5) if len(split) == 500 else real(model, split, ws)
 
-    monkeypatch.setattr(mlp, "_validate", fake)
+    monkeypatch.setattr(mlp, "evaluate", fake)
 
 
 def test_early_stopping_after_exactly_patience_validations(monkeypatch, small_data):
@@ -87,13 +83,47 @@ def test_float64_and_float32_agree(small_data):
     assert h32.final["val_acc"] == pytest.approx(h64.final["val_acc"], abs=0.01)
 
 
-def test_non_finite_loss_stops_with_a_warning(small_data):
+def test_a_non_finite_loss_is_divergence(small_data):
     cfg = mlp.RunConfig(**QUICK, learning_rate=1e30, activation="improved_sigmoid")
-    with pytest.warns(RuntimeWarning, match="learning rate .* is probably too high"):
+    with pytest.warns(RuntimeWarning, match=r"diverged: at step \d+ the loss was .*Lower the learning rate \(now 1e\+30\)"):
         h = mlp.train(cfg, small_data, progress=False)
-    assert h.stop_reason == "non_finite_loss"
+    assert h.stop_reason == "diverged" and not h.completed and "Lower the learning rate" in h.message
     assert not math.isfinite(h.train_loss[-1]) and h.steps < 60
     assert math.isnan(h.final["val_loss"])
+
+
+def test_a_huge_loss_is_divergence_before_any_overflow(small_data):
+    """lr 1e6 never overflows, it just keeps the loss far above a uniform guess's: still divergence."""
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        h = mlp.train(mlp.RunConfig(**QUICK, learning_rate=1e6), small_data, progress=False)
+    assert h.stop_reason == "diverged" and h.val_loss[-1] > mlp.DIVERGED_LOSS
+    assert h.val_steps[-1] == 20  # the first validation after the first epoch
+    with pytest.warns(RuntimeWarning, match=r"Lower the learning rate \(now 1000\) or the momentum \(now 0.9\)"):
+        h = mlp.train(mlp.RunConfig(**QUICK, learning_rate=1e3, momentum=0.9), small_data, progress=False)
+    assert h.stop_reason == "diverged"
+
+
+def test_divergence_within_a_single_epoch_is_caught_at_the_end(small_data):
+    with pytest.warns(RuntimeWarning, match="diverged"):
+        h = mlp.train(mlp.RunConfig(**dict(QUICK, max_epochs=1), learning_rate=1e6), small_data, progress=False)
+    assert h.stop_reason == "diverged"
+
+
+def test_step_times_exclude_validations(small_data):
+    h = mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False)
+    assert len(h.step_times) == len(h.epoch_times) == 3
+    assert all(0 < s < e for s, e in zip(h.step_times, h.epoch_times))
+
+
+def test_training_runs_on_one_blas_thread(small_data):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = []
+
+    def blas_threads(hist):
+        seen.append({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"})
+
+    mlp.train(mlp.RunConfig(n_train=640, n_val=500, max_epochs=1), small_data, progress=False, callback=blas_threads)
+    assert seen and all(s == {1} for s in seen)
 
 
 def test_interrupt_returns_the_history_so_far(small_data):
@@ -121,98 +151,6 @@ def test_gradient_norms_are_recorded(small_data):
     assert np.isfinite(norms).all() and (norms > 0).all()
     # sigmoid layers shrink the gradient on its way back: the first layer's is the smallest at the start
     assert h.init_grad_norms[0] < h.init_grad_norms[-1]
-
-
-def test_parallel_runs_equal_serial_runs():
-    configs = [mlp.RunConfig(**QUICK, seed=s) for s in (0, 1)]
-    serial = mlp.run_experiments(configs, n_jobs=1)
-    parallel = mlp.run_experiments(configs, n_jobs=2)
-    for a, b in zip(serial, parallel):
-        assert a.config == b.config and a.train_loss == b.train_loss and a.final == b.final
-
-
-def test_tables(small_data):
-    runs = [mlp.train(mlp.RunConfig(**QUICK, seed=s, name="net"), small_data, progress=False) for s in (0, 1)]
-    df = mlp.final_table(runs)
-    assert len(df) == 1 and df.loc[0, "seeds"] == 2 and " ± " in df.loc[0, "val loss"]
-    mean = np.mean([r.final["val_loss"] for r in runs])
-    assert df.loc[0, "val loss"].startswith(f"{mean:.4f}")
-    single = mlp.final_table(runs[:1])
-    assert " ± " not in single.loc[0, "val loss"]
-    raw = mlp.results_table(runs)
-    assert list(raw["seed"]) == [0, 1]
-    table = mlp.Table(df, caption="Table 9.9: test")
-    latex, html = table._repr_latex_(), table._repr_html_()
-    assert r"\begin{tabular}" in latex and r"$\pm$" in latex and "<table" in html and "Table 9.9" in html
-
-
-def test_run_cache_reuses_identical_configs(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLP_RUN_CACHE", str(tmp_path))
-    cfg = mlp.RunConfig(**QUICK)
-    first = mlp.run_experiments([cfg, cfg], n_jobs=1)
-    assert len(list(tmp_path.glob("run-*.pkl"))) == 1 and first[0].train_loss == first[1].train_loss
-    monkeypatch.setattr(mlp, "train", lambda *a, **k: pytest.fail("a cached run was trained again"))
-    again = mlp.run_experiments([cfg], n_jobs=1)
-    assert again[0].train_loss == first[0].train_loss and again[0].final == first[0].final
-
-
-def test_runs_differing_only_in_name_train_once(monkeypatch):
-    calls = []
-    real_train = mlp.train
-    monkeypatch.setattr(mlp, "train", lambda c, **k: calls.append(c) or real_train(c, **k))
-    a, b = mlp.run_experiments([mlp.RunConfig(**QUICK, name="A"), mlp.RunConfig(**QUICK, name="B")], n_jobs=1)
-    assert len(calls) == 1 and a.config.label == "A" and b.config.label == "B" and a.final == b.final
-
-
-def test_n_seeds(monkeypatch):
-    monkeypatch.delenv("MLP_SMOKE", raising=False)
-    monkeypatch.delenv("MLP_SEEDS", raising=False)
-    assert mlp.n_seeds(3) == 3
-    monkeypatch.setenv("MLP_SMOKE", "1")
-    assert mlp.n_seeds(3) == 1
-    monkeypatch.setenv("MLP_SEEDS", "5")
-    assert mlp.n_seeds(3) == 5
-    monkeypatch.setenv("MLP_SEEDS", "zero")
-    with pytest.raises(ValueError, match="MLP_SEEDS must be a positive integer, got 'zero'"):
-        mlp.n_seeds()
-
-
-def test_mean_std():
-    assert mlp.mean_std([1.0, 3.0], ".1f") == "2.0 ± 1.4"
-    assert mlp.mean_std([2.5], ".2f") == "2.50"
-    assert mlp.mean_std([1.0, float("nan"), 3.0], ".0f") == "2 ± 1 (2 of 3 seeds)"
-    assert mlp.mean_std([float("nan")]) == "–"
-
-
-def test_a_run_claimed_by_another_process_is_waited_for(tmp_path, monkeypatch):
-    import subprocess
-    import threading
-    monkeypatch.setenv("MLP_RUN_CACHE", str(tmp_path))
-    cfg = mlp.RunConfig(**QUICK)
-    finished = mlp.train(cfg, progress=False)
-    path = mlp._cache_file(cfg)
-    holder = subprocess.Popen(["sleep", "30"])  # a live process "training" the run
-    try:
-        path.with_suffix(".lock").write_text(str(holder.pid))
-        threading.Timer(0.5, mlp._store_run, (path, finished)).start()
-        monkeypatch.setattr(mlp, "train", lambda *a, **k: pytest.fail("the claimed run was trained again"))
-        (h,) = mlp.run_experiments([cfg], n_jobs=1)
-        assert h.train_loss == finished.train_loss
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def test_a_stale_claim_is_taken_over(tmp_path, monkeypatch):
-    import subprocess
-    monkeypatch.setenv("MLP_RUN_CACHE", str(tmp_path))
-    cfg = mlp.RunConfig(**QUICK)
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    mlp._cache_file(cfg).with_suffix(".lock").write_text(str(dead.pid))
-    (h,) = mlp.run_experiments([cfg], n_jobs=1)
-    assert h.steps == 60 and mlp._cache_file(cfg).exists()
-    assert not mlp._cache_file(cfg).with_suffix(".lock").exists()
 
 
 def test_initial_model_is_where_training_starts(small_data):
