@@ -188,11 +188,6 @@ def _softmax_nll(z: np.ndarray, labels: np.ndarray | None = None, axis: int = 1)
     return e / total, np.log(total.ravel(), dtype=np.float64) - picked
 
 
-def softmax(z: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of logits (N, K)."""
-    return _softmax_nll(np.asarray(z))[0]
-
-
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Mean cross-entropy of softmax(logits) against integer labels: finite for any finite logits."""
     return float(_softmax_nll(np.asarray(logits, dtype=np.float64), np.asarray(labels))[1].mean())
@@ -282,7 +277,7 @@ class MLP:
     def forward(self, X: np.ndarray) -> np.ndarray:
         """Class probabilities y_hat (N, 10); keeps what backward needs."""
         self._last = Workspace(self, len(X))
-        return softmax(self._forward(self.check_inputs(X), self._last))
+        return _softmax_nll(self._forward(self.check_inputs(X), self._last))[0]
 
     def backward(self, y_hat: np.ndarray, Y: np.ndarray) -> list[np.ndarray]:
         """Batch-averaged gradients dC/dW[l] for the batch of the last forward(); Y one-hot (N, 10)."""
@@ -394,8 +389,7 @@ class RunConfig:
         return dataclasses.replace(self, **changes)
 
 
-# A run has diverged when a loss is not finite, or when after the first epoch its validation loss
-# exceeds ten times the loss of a uniform guess, 10 ln 10 = 23: no run that learns comes near it.
+# Diverged: a non-finite loss, or after the first epoch a validation loss above 10 ln 10 = 23, ten times a uniform guess's.
 DIVERGED_LOSS = 10 * math.log(NUM_CLASSES)
 
 
@@ -575,17 +569,22 @@ def gradient_check(model: MLP, X: np.ndarray, Y: np.ndarray, epsilon: float = 1e
         raise ValueError("gradient_check: the weights, X or Y hold non-finite values; no check can pass")
     labels, L, worst = Y.argmax(axis=1), len(model.weights), 0.0
     analytic = model.backward(model.forward(X), Y)
-    inputs = [X] + model._last.outputs[:-1]  # inputs[l] is the input of W[l]
+    inputs, outputs = [X] + model._last.outputs[:-1], model._last.outputs  # of each W[l]
     for l, W in enumerate(model.weights):
-        a_in, a_out = inputs[l], model._last.outputs[l]  # the input and the output of W
+        # Only unit j of layer l moves: the logits change in column j (output layer), or the next
+        # pre-activation changes by (f(z_j') - f(z_j)) W[l+1][j], a rank-one update (hidden layer).
+        nxt = outputs[l] if l == L - 1 else outputs[l] @ model.weights[l + 1]  # (N, width of layer l+1)
         for j in range(W.shape[1]):
             mean_losses = []
             for sign in (1, -1):
-                z_j = a_in @ W[:, j] + sign * epsilon * a_in.T  # (fan_in, N): unit j, W[i, j] moved in row i
-                out = np.repeat(a_out[None], len(z_j), axis=0)  # (fan_in, N, fan_out)
-                out[:, :, j] = z_j if l == L - 1 else model._f(z_j)
-                logits = model._forward(out.reshape(-1, W.shape[1]), start=l + 1)
-                nll = _softmax_nll(logits, np.tile(labels, len(z_j)))[1]
+                z_j = inputs[l] @ W[:, j] + sign * epsilon * inputs[l].T  # (fan_in, N): W[i, j] moved in row i
+                if l == L - 1:
+                    z = np.repeat(nxt[None], len(z_j), axis=0)          # (fan_in, N, 10)
+                    z[:, :, j] = z_j
+                else:
+                    z = nxt[None] + (model._f(z_j) - outputs[l][:, j])[:, :, None] * model.weights[l + 1][j]
+                    z = z if l + 1 == L - 1 else model._forward(model._f(z.reshape(-1, z.shape[2])), start=l + 2)
+                nll = _softmax_nll(z.reshape(-1, NUM_CLASSES), np.tile(labels, len(z_j)))[1]
                 mean_losses.append(nll.reshape(len(z_j), len(X)).mean(axis=1))
             error = np.abs((mean_losses[0] - mean_losses[1]) / (2 * epsilon) - analytic[l][:, j])
             if not np.isfinite(error).all():

@@ -332,10 +332,11 @@ def runs_note(exps: Experiments) -> str:
 def _html_math(text: str) -> str:
     """Simple LaTeX math ($W_{11}$, $1.5 \\times 10^{-8}$) in HTML-escaped text as HTML."""
     def convert(m: re.Match) -> str:
-        s = m.group(1).replace("\\times", "\u2009×\u2009").replace("\\pm", "±").replace("\\cdot", "·").replace("-", "−")
+        s = m.group(1).replace("\\times", "×").replace("\\pm", "±").replace("\\cdot", "·").replace("-", "−")
+        s = re.sub(r"\s*([×±·])\s*", "\u2009\\1\u2009", s)  # thin spaces around operators
         s = re.sub(r"([_^])\{([^}]*)\}|([_^])(\w)", lambda t: "<{0}>{1}</{0}>".format(
             "sub" if (t.group(1) or t.group(3)) == "_" else "sup", t.group(2) or t.group(4)), s)
-        return f"<span class=\"mlp-math\">{s.replace(' ', '')}</span>" if "<" in s else s
+        return f'<span class="mlp-math">{s}</span>'
     return re.sub(r"\$([^$]+)\$", convert, text)
 
 

@@ -65,6 +65,7 @@ def _environment(smoke: bool, strict: bool) -> None:
         os.environ.setdefault(var, str(CACHE / sub))
         Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
     os.environ["MLP_STRICT"] = "1" if strict else "0"
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures as outputs, whatever the caller set
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # no debugger chatter from the kernels
     os.environ["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
 
@@ -316,25 +317,31 @@ def export_pdf(nb, target: Path) -> None:
     write_atomic(target, pdf)
 
 
-def _figure_captions(nb) -> None:
-    """Give every SVG figure its caption (the next paragraph that starts with **Figure) as its
-    accessible description, in place of nbconvert's "No description has been provided"."""
-    pending = []
+def figure_captions(nb) -> list[str]:
+    """The caption of every figure, in order: the next paragraph that starts with **Figure, as plain text."""
+    captions, pending = [], 0
     for cell in nb.cells:
         texts = [cell.source] if cell.cell_type == "markdown" else [
             o.get("data", {}).get("text/markdown", "") for o in cell.get("outputs", [])]
-        for out in cell.get("outputs", []):
-            if "image/svg+xml" in out.get("data", {}):
-                pending.append(out)
+        pending += sum(any(m in o.get("data", {}) for m in ("image/svg+xml", "image/png")) for o in cell.get("outputs", []))
         caption = next((t for t in texts if t.lstrip().startswith("**Figure")), None)
         if caption and pending:
-            plain = re.sub(r"[*$\\{}]", "", " ".join(caption.split()))
-            for out in pending:
-                svg = out["data"]["image/svg+xml"]
-                out["data"]["image/svg+xml"] = svg.replace(
-                    "<svg ", f'<svg role="img" aria-label="{html.escape(plain)}" ', 1).replace(
-                    ">", f"><title>{html.escape(plain)}</title>", 1) if "<svg " in svg else svg
-            pending = []
+            captions += [re.sub(r"[*$\\{}]", "", " ".join(caption.split()))] * pending
+            pending = 0
+    return captions
+
+
+def describe_figures(page: str, captions: list[str]) -> str:
+    """Give every figure of the HTML page its caption as its alternative text (nbconvert writes "No
+    description has been provided for this image")."""
+    from bs4 import BeautifulSoup
+    soup = BeautifulSoup(page, features="html.parser")
+    images = soup.select(".jp-RenderedSVG img, .jp-RenderedImage img")
+    if len(images) != len(captions):
+        raise RuntimeError(f"{len(images)} figures in the HTML report but {len(captions)} captions: every figure needs one")
+    for image, caption in zip(images, captions):
+        image["alt"] = caption
+    return str(soup)
 
 
 HTML_STYLE = """<style>
@@ -352,7 +359,7 @@ def export_html(nb, target: Path) -> None:
     md = nb.metadata
     title = nbformat.v4.new_markdown_cell(f"# {md['title']}\n\n**{md['subtitle']}**  \n{md['course']}  \n*{md['build_note']}*")
     nb.cells.insert(0, title)
-    _figure_captions(nb)
+    captions = figure_captions(nb)
     places = [(cell, None) for cell in nb.cells if cell.cell_type == "markdown"]
     places += [(cell, out) for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
                if "text/markdown" in out.get("data", {})]
@@ -368,7 +375,7 @@ def export_html(nb, target: Path) -> None:
     exporter = HTMLExporter(template_name="mlp_html", extra_template_basedirs=[str(TEMPLATES)], exclude_input=True,
                             exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
     page, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": md["title"]}})
-    write_atomic(target, page)
+    write_atomic(target, describe_figures(page, captions))
 
 
 # ---- the build ------------------------------------------------------------------------------------------------
