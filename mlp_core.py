@@ -575,21 +575,22 @@ def gradient_check(model: MLP, X: np.ndarray, Y: np.ndarray, epsilon: float = 1e
         # pre-activation changes by (f(z_j') - f(z_j)) W[l+1][j], a rank-one update (hidden layer).
         nxt = outputs[l] if l == L - 1 else outputs[l] @ model.weights[l + 1]  # (N, width of layer l+1)
         for j in range(W.shape[1]):
-            mean_losses = []
-            for sign in (1, -1):
-                z_j = inputs[l] @ W[:, j] + sign * epsilon * inputs[l].T  # (fan_in, N): W[i, j] moved in row i
-                if l == L - 1:
-                    z = np.repeat(nxt[None], len(z_j), axis=0)          # (fan_in, N, 10)
-                    z[:, :, j] = z_j
-                else:
-                    z = nxt[None] + (model._f(z_j) - outputs[l][:, j])[:, :, None] * model.weights[l + 1][j]
-                    z = z if l + 1 == L - 1 else model._forward(model._f(z.reshape(-1, z.shape[2])), start=l + 2)
-                nll = _softmax_nll(z.reshape(-1, NUM_CLASSES), np.tile(labels, len(z_j)))[1]
-                mean_losses.append(nll.reshape(len(z_j), len(X)).mean(axis=1))
-            error = np.abs((mean_losses[0] - mean_losses[1]) / (2 * epsilon) - analytic[l][:, j])
-            if not np.isfinite(error).all():
-                raise ValueError(f"gradient_check: a non-finite gradient in W[{l}][:, {j}]; no check can pass")
-            worst = max(worst, float(error.max()))
+            for i in range(0, W.shape[0], 64):  # W[i:i+64, j] at a time: arrays small enough for the CPU cache
+                mean_losses = []
+                for sign in (1, -1):
+                    z_j = inputs[l] @ W[:, j] + sign * epsilon * inputs[l][:, i:i + 64].T  # (64, N): W[i, j] moved
+                    if l == L - 1:
+                        z = np.repeat(nxt[None], len(z_j), axis=0)  # (64, N, 10)
+                        z[:, :, j] = z_j
+                    else:
+                        z = nxt[None] + (model._f(z_j) - outputs[l][:, j])[:, :, None] * model.weights[l + 1][j]
+                        z = z if l + 1 == L - 1 else model._forward(model._f(z.reshape(-1, z.shape[2])), start=l + 2)
+                    nll = _softmax_nll(z.reshape(-1, NUM_CLASSES), np.tile(labels, len(z_j)))[1]
+                    mean_losses.append(nll.reshape(len(z_j), len(X)).mean(axis=1))
+                error = np.abs((mean_losses[0] - mean_losses[1]) / (2 * epsilon) - analytic[l][i:i + 64, j])
+                if not np.isfinite(error).all():
+                    raise ValueError(f"gradient_check: a non-finite gradient in W[{l}][:, {j}]; no check can pass")
+                worst = max(worst, float(error.max()))
     return worst
 
 

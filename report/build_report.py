@@ -110,13 +110,25 @@ def train_plan(paths: list[Path], fresh: bool) -> dict:
 
 # ---- 2. executing the notebooks ---------------------------------------------------------------------------
 
-def source_key(path: Path, smoke: bool, strict: bool) -> str:
-    """What an executed notebook depends on: its source, the project's modules (their code and the
-    run store keys, which cover mlp_core), and the settings."""
+def project_modules(text: str, found: set[str] | None = None) -> set[str]:
+    """The project's modules that code importing them needs, found from its `import` lines."""
+    found = set() if found is None else found
+    for name in re.findall(r"^\s*(?:import|from)\s+(\w+)", text, flags=re.M):
+        if name not in found and (REPO / f"{name}.py").exists():
+            found.add(name)
+            project_modules((REPO / f"{name}.py").read_text(), found)
+    return found
+
+
+def source_key(path: Path, smoke: bool) -> str:
+    """What an executed notebook depends on: its source, the project modules it imports (whose code
+    covers the run store's keys) and the settings. Strict mode changes nothing a build keeps."""
+    import nbformat
     digest = hashlib.sha256(path.read_bytes())
-    for module in sorted(REPO.glob("*.py")):
-        digest.update(module.read_bytes())
-    digest.update(json.dumps([smoke, strict, os.environ.get("MLP_SEEDS", "")]).encode())
+    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    for module in sorted(project_modules(code)):
+        digest.update((REPO / f"{module}.py").read_bytes())
+    digest.update(json.dumps([smoke, os.environ.get("MLP_SEEDS", "")]).encode())
     return digest.hexdigest()
 
 
@@ -168,7 +180,7 @@ def execute_notebooks(paths: list[Path], smoke: bool, strict: bool, jobs: int) -
     import nbformat
     cache = BUILD / "executed"
     cache.mkdir(parents=True, exist_ok=True)
-    outs = {p: cache / f"{p.stem}-{source_key(p, smoke, strict)[:20]}.ipynb" for p in paths}
+    outs = {p: cache / f"{p.stem}-{source_key(p, smoke)[:20]}.ipynb" for p in paths}
     todo = [(p, out) for p, out in outs.items() if not out.exists()]
     for p, out in outs.items():  # executed copies of older sources are of no further use
         for old in cache.glob(f"{p.stem}-*.ipynb"):
@@ -284,12 +296,12 @@ def merge(notebooks: list, smoke: bool) -> object:
     return merged
 
 
-def pandoc_fragments(sources: list[str], to: str, *options: str) -> list[str]:
-    """Convert many Markdown snippets with one pandoc call (one call per snippet would be slow)."""
+def pandoc_fragments(sources: list[str], to: str, *options: str, source_format: str = "markdown") -> list[str]:
+    """Convert many Markdown snippets with one pandoc call (nbconvert calls pandoc twice per cell)."""
     if not sources:
         return []
     separator = "<!-- mlp-report-cell -->" if to == "html" else "MLPREPORTSNIPPETBREAK"
-    out = subprocess.run(["pandoc", "--from=markdown", f"--to={to}", "--wrap=none", *options],
+    out = subprocess.run(["pandoc", f"--from={source_format}", f"--to={to}", "--wrap=none", *options],
                          input=f"\n\n{separator}\n\n".join(sources), capture_output=True, text=True, check=True).stdout
     fragments = out.split(separator)
     if len(fragments) != len(sources):
@@ -297,19 +309,30 @@ def pandoc_fragments(sources: list[str], to: str, *options: str) -> list[str]:
     return fragments
 
 
+def markdown_places(nb) -> list[tuple]:
+    """Every piece of Markdown of the notebook: (markdown cell, None) or (code cell, its Markdown output)."""
+    return [(cell, None) if cell.cell_type == "markdown" else (cell, out) for cell in nb.cells
+            for out in ([None] if cell.cell_type == "markdown" else cell.get("outputs", []))
+            if out is None or "text/markdown" in out.get("data", {})]
+
+
 def export_pdf(nb, target: Path) -> None:
+    import nbformat
     from nbconvert import LatexExporter, PDFExporter
     nb = copy.deepcopy(nb)
-    captions = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
-                if out.get("data", {}).get("text/markdown", "").lstrip().startswith("**Figure")]
-    # a generated caption goes into a minipage, which LaTeX never splits: it stays with its figure
-    for out, fragment in zip(captions, pandoc_fragments([o["data"]["text/markdown"] for o in captions], "latex")):
-        out["data"] = {"text/latex": "\\par\\nopagebreak\\noindent\\begin{minipage}{\\linewidth}\n"
-                                     + fragment.strip() + "\n\\end{minipage}\\par"}
+    places = markdown_places(nb)
+    sources = [cell.source if out is None else out["data"]["text/markdown"] for cell, out in places]
+    latex = pandoc_fragments(sources, "latex", source_format="markdown+tex_math_double_backslash")
+    for (cell, out), source, fragment in zip(places, sources, latex):
+        if source.lstrip().startswith("**Figure"):  # a caption: in a minipage, which LaTeX never splits from its figure
+            fragment = "\\par\\nopagebreak\\noindent\\begin{minipage}{\\linewidth}\n" + fragment.strip() + "\n\\end{minipage}\\par"
+        if out is None:
+            nb.cells[nb.cells.index(cell)] = nbformat.v4.new_raw_cell(fragment, metadata={"raw_mimetype": "text/latex"})
+        else:
+            out["data"] = {"text/latex": fragment}
     opts = dict(template_name="mlp_report", extra_template_basedirs=[str(TEMPLATES)], exclude_input=True,
-                exclude_input_prompt=True, exclude_output_prompt=True)
-    latex, _ = LatexExporter(**opts).from_notebook_node(nb)
-    write_atomic(BUILD / "report.tex", latex)  # for inspection; the PDF is built from the same notebook
+                exclude_input_prompt=True, exclude_output_prompt=True, raw_mimetypes=["text/latex"])
+    write_atomic(BUILD / "report.tex", LatexExporter(**opts).from_notebook_node(nb)[0])  # for inspection
     exporter = PDFExporter(**opts)
     exporter.verbose = False
     exporter.latex_count = 1  # no cross-references or table of contents: one xelatex pass is the whole PDF
@@ -360,9 +383,7 @@ def export_html(nb, target: Path) -> None:
     title = nbformat.v4.new_markdown_cell(f"# {md['title']}\n\n**{md['subtitle']}**  \n{md['course']}  \n*{md['build_note']}*")
     nb.cells.insert(0, title)
     captions = figure_captions(nb)
-    places = [(cell, None) for cell in nb.cells if cell.cell_type == "markdown"]
-    places += [(cell, out) for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
-               if "text/markdown" in out.get("data", {})]
+    places = markdown_places(nb)
     sources = [cell.source if out is None else out["data"]["text/markdown"] for cell, out in places]
     # every piece of Markdown becomes HTML with MathML formulas, which browsers draw themselves
     for (cell, out), fragment in zip(places, pandoc_fragments(sources, "html", "--mathml")):
