@@ -8,7 +8,7 @@
 1. Plan: the cell tagged `experiments` of every task notebook (notebooks/task*.ipynb) is run on its
    own to list the networks it needs. Runs found in the run store (mlp_runs) are reused; the others
    are trained in one pool of worker processes, under one progress bar.
-2. The notebooks are executed (two at a time, kernels over IPC) against the store. A notebook
+2. The notebooks are executed (up to four at a time, kernels over IPC) against the store. A notebook
    whose source, code and runs are unchanged since the last build is not executed again.
 3. They are merged under a title block and exported with the code hidden: report/report.pdf through
    nbconvert's LaTeX route (xelatex, template in report/templates/mlp_report) and report/report.html
@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pattern", default="task*.ipynb", help="which notebooks to build (glob in notebooks/)")
     parser.add_argument("--out", default=str(REPORT), help="folder for report.pdf and report.html")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="notebooks executed at a time")
+    parser.add_argument("--jobs", type=int, default=4,
+                        help="notebooks executed at a time (default 4: their kernels spend much of their time waiting)")
     parser.add_argument("--strict", action="store_true", help="fail on a claim the runs do not support")
     parser.add_argument("--fresh", action="store_true", help="retrain every run instead of reusing the run store")
     args = parser.parse_args(argv)
