@@ -275,6 +275,12 @@ def unsupported_claims(nb) -> list[str]:
             for out in cell.outputs if "mlp_claim" in out.get("metadata", {})]
 
 
+def strict_failures(paths: list[Path], notebooks: list) -> list[str]:
+    """Under --strict: the unsupported claims of notebooks reused from an earlier, non-strict build."""
+    return [f"{path.name}: claim not supported by these runs: {claim!r}" for path, nb in zip(paths, notebooks)
+            for claim in unsupported_claims(nb)]
+
+
 def merge(notebooks: list, smoke: bool) -> object:
     import nbformat
     merged = nbformat.v4.new_notebook()
@@ -429,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         counts = train_plan(paths, args.fresh)
         notebooks, seconds = execute_notebooks(paths, smoke, strict, args.jobs)
+        if strict and (failures := strict_failures(paths, notebooks)):
+            raise NotebookFailed("\n".join(failures))
         merged = merge(notebooks, smoke)
         t0, lacking = time.perf_counter(), missing_tools()
         content = hashlib.sha256(json.dumps([merged.cells, lacking, str(out)], sort_keys=True).encode()).hexdigest()

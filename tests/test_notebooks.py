@@ -3,6 +3,7 @@ short code cells), executed headless in smoke mode; and the report build end to 
 HTML, unsupported claims, STRICT mode, reuse of unchanged work, and Ctrl-C."""
 import ast
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -116,7 +117,8 @@ def test_smoke_report_builds(smoke_report, smoke_env):
     assert "<table" in html_text and "Table 2.2" in html_text and "Task 2c" in html_text
     assert "application/vnd.jupyter.widget-view" not in html_text
     assert "<math" in html_text and "$\\mu$" not in html_text  # formulas as MathML, drawn offline
-    assert "require.min.js" not in html_text and "mathjax" not in html_text.lower() and "cdn" not in html_text.lower()
+    assert "require.min.js" not in html_text and "MathJax.Hub" not in html_text
+    assert not re.search(r"""(?:src|href)=["']?https?://""", html_text)  # nothing fetched from elsewhere
     assert "No description has been provided" not in html_text
 
     again = build(smoke_env, out)  # nothing changed: no training, no notebook executed, no export
