@@ -22,6 +22,8 @@ export npm_config_cache := $(CACHE)/npm
 export XDG_CACHE_HOME := $(CACHE)/xdg/cache
 export XDG_CONFIG_HOME := $(CACHE)/xdg/config
 export XDG_DATA_HOME := $(CACHE)/xdg/data
+# pip asks `rustc --version` for its user agent; where rustc is rustup's, that writes ~/.rustup.
+export RUSTUP_HOME := $(CACHE)/rustup
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 ifdef SEEDS
 export MLP_SEEDS := $(SEEDS)
