@@ -45,14 +45,25 @@ READY = "Set up a network on the left and press <b>Train</b>."
 
 # RunConfig's field names as the controls are labelled, to turn its messages into the page's words
 _FIELD_LABELS = {
-    "batch_size": "batch size", "max_epochs": "epochs", "n_train": "training subset",
-    "n_val": "validation subset", "learning_rate": "learning rate α", "momentum": "momentum γ",
-    "patience": "patience", "seed": "seed", "layer_sizes": "layer sizes", ">=": "≥", "<=": "≤",
+    "batch_size": "batch size",
+    "max_epochs": "epochs",
+    "n_train": "training subset",
+    "n_val": "validation subset",
+    "learning_rate": "learning rate α",
+    "momentum": "momentum γ",
+    "patience": "patience",
+    "seed": "seed",
+    "layer_sizes": "layer sizes",
+    ">=": "≥",
+    "<=": "≤",
 }
 # How a run ended (History.stop_reason), in words: the table's "stopped by" and the status line
 STOP_REASONS = {
     "max_epochs": ("last epoch", "reached the last epoch"),
-    "early_stopping": ("early stopping", "stopped early (no new lowest validation loss for {patience} validations)"),
+    "early_stopping": (
+        "early stopping",
+        "stopped early (no new lowest validation loss for {patience} validations)",
+    ),
     "stopped": ("stopped by you", "was stopped by you"),
     "diverged": ("diverged", "diverged"),
     "interrupted": ("interrupted", "was interrupted"),
@@ -88,12 +99,17 @@ MAIN_SETTINGS = ("hidden", "activation", "init", "lr", "momentum", "batch")
 def run_labels(configs, always=()) -> list[str]:
     """A label per run: its name (#n) and the settings in which the runs differ, plus `always`,
     e.g. ["#1 sigmoid, uniform init", "#2 improved sigmoid, fan-in init"]."""
-    shown = [key for key, text in _SETTINGS.items()
-             if key in always or len({text(c) for c in configs}) > 1]
+    shown = [
+        key
+        for key, text in _SETTINGS.items()
+        if key in always or len({text(c) for c in configs}) > 1
+    ]
     labels = []
     for c in configs:
         parts = [_SETTINGS[key](c) for key in shown]
-        if shown[:1] == ["hidden"] and len(parts) > 1:  # "[64] sigmoid, ..." rather than "[64], sigmoid"
+        if (
+            shown[:1] == ["hidden"] and len(parts) > 1
+        ):  # "[64] sigmoid, ..." rather than "[64], sigmoid"
             parts[:2] = [" ".join(parts[:2])]
         labels.append(" ".join([c.name] + [", ".join(parts)] * bool(parts)))
     return labels
@@ -107,9 +123,13 @@ def parse_hidden_layers(text: str) -> tuple[int, ...]:
     for i, token in enumerate(text.split(","), start=1):
         token = token.strip()
         if not token:
-            raise ValueError(f"entry {i} is empty: separate the widths by single commas, e.g. 60, 60")
+            raise ValueError(
+                f"entry {i} is empty: separate the widths by single commas, e.g. 60, 60"
+            )
         if not token.isdecimal():
-            raise ValueError(f"{token!r} is not a whole number: widths are positive integers, e.g. 64")
+            raise ValueError(
+                f"{token!r} is not a whole number: widths are positive integers, e.g. 64"
+            )
         width = int(token)
         if not 1 <= width <= MAX_WIDTH:
             raise ValueError(f"a layer width must be between 1 and {MAX_WIDTH}, got {width}")
@@ -124,8 +144,11 @@ def _parse_int(text: str, label: str) -> int:
     if re.fullmatch(r"\d{1,3}(,\d{3})+", token):  # thousands separators: 5,000
         token = token.replace(",", "")
     if not re.fullmatch(r"[+-]?\d+", token):
-        raise ValueError(f"{label} must be a whole number, got {text.strip()!r}" if text.strip() else
-                         f"enter the {label}")
+        raise ValueError(
+            f"{label} must be a whole number, got {text.strip()!r}"
+            if text.strip()
+            else f"enter the {label}"
+        )
     return int(token)
 
 
@@ -133,8 +156,11 @@ def _parse_float(text: str, label: str) -> float:
     try:
         return float(text.strip())
     except ValueError:
-        raise ValueError(f"{label} must be a number such as 0.1 or 1e-3, got {text.strip()!r}" if text.strip()
-                         else f"enter the {label}") from None
+        raise ValueError(
+            f"{label} must be a number such as 0.1 or 1e-3, got {text.strip()!r}"
+            if text.strip()
+            else f"enter the {label}"
+        ) from None
 
 
 def _friendly(message: str) -> str:
@@ -146,10 +172,20 @@ def _friendly(message: str) -> str:
 def _snapshot(hist: History) -> History:
     """A copy of the curves of a run in progress, safe to plot while training appends to them."""
     return dataclasses.replace(
-        hist, train_loss=list(hist.train_loss), val_steps=list(hist.val_steps),
-        train_loss_full=list(hist.train_loss_full), train_acc=list(hist.train_acc),
-        val_loss=list(hist.val_loss), val_acc=list(hist.val_acc), grad_norms=[], init_grad_norms=[],
-        epoch_times=list(hist.epoch_times), step_times=[], final={}, weights=[])
+        hist,
+        train_loss=list(hist.train_loss),
+        val_steps=list(hist.val_steps),
+        train_loss_full=list(hist.train_loss_full),
+        train_acc=list(hist.train_acc),
+        val_loss=list(hist.val_loss),
+        val_acc=list(hist.val_acc),
+        grad_norms=[],
+        init_grad_norms=[],
+        epoch_times=list(hist.epoch_times),
+        step_times=[],
+        final={},
+        weights=[],
+    )
 
 
 def _dataset(config: RunConfig) -> mlp_core.Dataset:
@@ -190,7 +226,7 @@ class Explorer:
     def __init__(self, defaults: RunConfig = DEFAULTS, *, redraw_interval: float = 0.5):
         self.redraw_interval = float(redraw_interval)
         self.histories: list[History] = []  # finished runs, in order
-        self._live: History | None = None     # snapshot of the run in progress
+        self._live: History | None = None  # snapshot of the run in progress
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
         self._lock = threading.RLock()
@@ -203,73 +239,139 @@ class Explorer:
         wide = widgets.Layout(width="390px", margin="1px 0")
 
         def section(title: str) -> widgets.HTML:
-            return widgets.HTML(f"<b>{html.escape(title)}</b>", layout=widgets.Layout(margin="6px 0 0 0"))
+            return widgets.HTML(
+                f"<b>{html.escape(title)}</b>", layout=widgets.Layout(margin="6px 0 0 0")
+            )
 
         def number(value, description: str, css: str, tooltip: str = "") -> widgets.Text:
-            box = widgets.Text(value=str(value), description=description, tooltip=tooltip, style=label,
-                               layout=wide, continuous_update=True)
+            box = widgets.Text(
+                value=str(value),
+                description=description,
+                tooltip=tooltip,
+                style=label,
+                layout=wide,
+                continuous_update=True,
+            )
             box.add_class(css)
             return box
 
         # Network
         self.hidden = widgets.Text(
-            value=_hidden_text(d), description="Hidden layers", placeholder="e.g. 64 or 60, 60",
+            value=_hidden_text(d),
+            description="Hidden layers",
+            placeholder="e.g. 64 or 60, 60",
             tooltip="Widths of the hidden layers, separated by commas; the output layer (10) is added",
-            style=label, layout=wide, continuous_update=True)
+            style=label,
+            layout=wide,
+            continuous_update=True,
+        )
         self.hidden.add_class("mlp-hidden")
         self.activation = widgets.Dropdown(
-            options=[("sigmoid", "sigmoid"), ("improved sigmoid", "improved_sigmoid")], value=d.activation,
-            description="Activation", tooltip="improved sigmoid: 1.7159 tanh(2z/3)", style=label, layout=wide)
+            options=[("sigmoid", "sigmoid"), ("improved sigmoid", "improved_sigmoid")],
+            value=d.activation,
+            description="Activation",
+            tooltip="improved sigmoid: 1.7159 tanh(2z/3)",
+            style=label,
+            layout=wide,
+        )
         self.init = widgets.Dropdown(
-            options=[("uniform in [-1, 1]", "uniform"), ("normal, std 1/√fan-in", "fan_in")], value=d.init,
-            description="Initialisation", style=label, layout=wide)
+            options=[("uniform in [-1, 1]", "uniform"), ("normal, std 1/√fan-in", "fan_in")],
+            value=d.init,
+            description="Initialisation",
+            style=label,
+            layout=wide,
+        )
         self.activation.add_class("mlp-activation")
         self.init.add_class("mlp-init")
         # Training
-        self.learning_rate = number(_number(d.learning_rate), "Learning rate α", "mlp-learning-rate",
-                                    "A number > 0, e.g. 0.1 or 1e-3")
-        self.momentum = number(_number(d.momentum), "Momentum γ", "mlp-momentum",
-                               "From 0 (no momentum) up to, but not including, 1; the assignment uses 0.9")
+        self.learning_rate = number(
+            _number(d.learning_rate),
+            "Learning rate α",
+            "mlp-learning-rate",
+            "A number > 0, e.g. 0.1 or 1e-3",
+        )
+        self.momentum = number(
+            _number(d.momentum),
+            "Momentum γ",
+            "mlp-momentum",
+            "From 0 (no momentum) up to, but not including, 1; the assignment uses 0.9",
+        )
         self.batch_size = number(d.batch_size, "Batch size", "mlp-batch-size")
         self.epochs = number(d.max_epochs, "Epochs (max)", "mlp-epochs")
-        self.patience = number(d.patience, "Early-stop patience", "mlp-patience",
-                               "Stop after this many validations without a new lowest validation loss")
+        self.patience = number(
+            d.patience,
+            "Early-stop patience",
+            "mlp-patience",
+            "Stop after this many validations without a new lowest validation loss",
+        )
         # Data
-        self.n_train = number(d.n_train, "Training subset", "mlp-n-train",
-                              f"The first N of the {N_TRAIN_IMAGES:,} training images (protocol: {PROTOCOL.n_train:,})")
-        self.n_val = number(d.n_val, "Validation subset", "mlp-n-val",
-                            f"The first N of the {N_TEST_IMAGES:,} test images (protocol: {PROTOCOL.n_val:,})")
-        self.seed = number(d.seed, "Seed", "mlp-seed", "Seeds the initial weights and the shuffling")
-        self.config_info = widgets.HTML("", layout=widgets.Layout(width="390px", margin="4px 0 0 0"))
+        self.n_train = number(
+            d.n_train,
+            "Training subset",
+            "mlp-n-train",
+            f"The first N of the {N_TRAIN_IMAGES:,} training images (protocol: {PROTOCOL.n_train:,})",
+        )
+        self.n_val = number(
+            d.n_val,
+            "Validation subset",
+            "mlp-n-val",
+            f"The first N of the {N_TEST_IMAGES:,} test images (protocol: {PROTOCOL.n_val:,})",
+        )
+        self.seed = number(
+            d.seed, "Seed", "mlp-seed", "Seeds the initial weights and the shuffling"
+        )
+        self.config_info = widgets.HTML(
+            "", layout=widgets.Layout(width="390px", margin="4px 0 0 0")
+        )
         self.config_info.add_class("mlp-config-info")
 
-        self.train_button = widgets.Button(description="Train", button_style="primary", icon="play",
-                                           tooltip="Train a network with these settings")
-        self.stop_button = widgets.Button(description="Stop", button_style="danger", icon="stop",
-                                          disabled=True, tooltip="Stop the run at its next validation")
+        self.train_button = widgets.Button(
+            description="Train",
+            button_style="primary",
+            icon="play",
+            tooltip="Train a network with these settings",
+        )
+        self.stop_button = widgets.Button(
+            description="Stop",
+            button_style="danger",
+            icon="stop",
+            disabled=True,
+            tooltip="Stop the run at its next validation",
+        )
         self.train_button.add_class("mlp-train")
         self.stop_button.add_class("mlp-stop")
         self.train_button.on_click(lambda _: self.train())
         self.stop_button.on_click(lambda _: self.stop())
 
         # Live view
-        self.plot = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="912px",
-                                                                          height="auto"))
-        self.progress = widgets.IntProgress(value=0, min=0, max=1, layout=widgets.Layout(width="98%"))
+        self.plot = widgets.Image(
+            format="png", layout=widgets.Layout(width="100%", max_width="912px", height="auto")
+        )
+        self.progress = widgets.IntProgress(
+            value=0, min=0, max=1, layout=widgets.Layout(width="98%")
+        )
         self.progress.add_class("mlp-progress")
         self.status = widgets.HTML(READY, layout=widgets.Layout(width="98%"))
         self.status.add_class("mlp-status")
 
         # Runs
-        self.runs = widgets.SelectMultiple(options=[], rows=6, description="Compare",
-                                           tooltip="Select runs (Ctrl/Shift-click) to overlay their curves",
-                                           layout=widgets.Layout(width="760px", max_width="100%"))
+        self.runs = widgets.SelectMultiple(
+            options=[],
+            rows=6,
+            description="Compare",
+            tooltip="Select runs (Ctrl/Shift-click) to overlay their curves",
+            layout=widgets.Layout(width="760px", max_width="100%"),
+        )
         self.runs.add_class("mlp-runs-list")
-        self.select_all_button = widgets.Button(description="Select all", icon="check-square",
-                                                layout=widgets.Layout(width="140px"))
-        self.clear_button = widgets.Button(description="Clear runs", icon="trash",
-                                           layout=widgets.Layout(width="140px"),
-                                           tooltip="Forget every finished run of this session")
+        self.select_all_button = widgets.Button(
+            description="Select all", icon="check-square", layout=widgets.Layout(width="140px")
+        )
+        self.clear_button = widgets.Button(
+            description="Clear runs",
+            icon="trash",
+            layout=widgets.Layout(width="140px"),
+            tooltip="Forget every finished run of this session",
+        )
         self.clear_button.add_class("mlp-clear")
         self.select_all_button.on_click(lambda _: self.select_all())
         self.clear_button.on_click(lambda _: self.clear())
@@ -278,33 +380,70 @@ class Explorer:
         self.table.add_class("mlp-runs")
 
         # the controls RunConfig's messages name, to mark the one a message is about
-        self._fields = {"layer_sizes": self.hidden, "learning_rate": self.learning_rate,
-                        "momentum": self.momentum, "batch_size": self.batch_size, "max_epochs": self.epochs,
-                        "patience": self.patience, "n_train": self.n_train, "n_val": self.n_val,
-                        "seed": self.seed}
+        self._fields = {
+            "layer_sizes": self.hidden,
+            "learning_rate": self.learning_rate,
+            "momentum": self.momentum,
+            "batch_size": self.batch_size,
+            "max_epochs": self.epochs,
+            "patience": self.patience,
+            "n_train": self.n_train,
+            "n_val": self.n_val,
+            "seed": self.seed,
+        }
         for control in (self.hidden, self.activation, self.init, *self._fields.values()):
             control.observe(lambda _: self._check(), names="value")
 
-        controls = widgets.VBox([
-            section("Network"), self.hidden, self.activation, self.init,
-            section("Training"), self.learning_rate, self.momentum, self.batch_size, self.epochs, self.patience,
-            section("Data"), self.n_train, self.n_val, self.seed,
-            self.config_info,
-            widgets.HBox([self.train_button, self.stop_button], layout=widgets.Layout(margin="6px 0 0 0")),
-        ], layout=widgets.Layout(width="400px", min_width="400px"))
-        live = widgets.VBox([self.plot, self.progress, self.status],
-                            layout=widgets.Layout(flex="1 1 560px", min_width="480px"))
-        runs = widgets.VBox([
-            widgets.HTML("<b>Runs of this session</b> — select runs to overlay their curves "
-                         "(solid: training, dashed: validation)."),
-            widgets.HBox([self.runs, widgets.VBox([self.select_all_button, self.clear_button])]),
-            self.table,
-        ], layout=widgets.Layout(margin="12px 0 0 0"))
-        self.widget = widgets.VBox([
-            widgets.HTML(_CSS, layout=widgets.Layout(display="none")),
-            widgets.HBox([controls, live], layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start")),
-            runs,
-        ])
+        controls = widgets.VBox(
+            [
+                section("Network"),
+                self.hidden,
+                self.activation,
+                self.init,
+                section("Training"),
+                self.learning_rate,
+                self.momentum,
+                self.batch_size,
+                self.epochs,
+                self.patience,
+                section("Data"),
+                self.n_train,
+                self.n_val,
+                self.seed,
+                self.config_info,
+                widgets.HBox(
+                    [self.train_button, self.stop_button], layout=widgets.Layout(margin="6px 0 0 0")
+                ),
+            ],
+            layout=widgets.Layout(width="400px", min_width="400px"),
+        )
+        live = widgets.VBox(
+            [self.plot, self.progress, self.status],
+            layout=widgets.Layout(flex="1 1 560px", min_width="480px"),
+        )
+        runs = widgets.VBox(
+            [
+                widgets.HTML(
+                    "<b>Runs of this session</b> — select runs to overlay their curves "
+                    "(solid: training, dashed: validation)."
+                ),
+                widgets.HBox(
+                    [self.runs, widgets.VBox([self.select_all_button, self.clear_button])]
+                ),
+                self.table,
+            ],
+            layout=widgets.Layout(margin="12px 0 0 0"),
+        )
+        self.widget = widgets.VBox(
+            [
+                widgets.HTML(_CSS, layout=widgets.Layout(display="none")),
+                widgets.HBox(
+                    [controls, live],
+                    layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start"),
+                ),
+                runs,
+            ]
+        )
         self.widget.add_class("mlp-explorer")
 
         self._check()
@@ -335,11 +474,15 @@ class Explorer:
                     values[name] = parse(control.value, _FIELD_LABELS[name])
             except ValueError as exc:
                 problems[control] = str(exc)
-        for name, most, what in (("n_train", N_TRAIN_IMAGES, "MNIST training images"),
-                                 ("n_val", N_TEST_IMAGES, "MNIST test images")):
+        for name, most, what in (
+            ("n_train", N_TRAIN_IMAGES, "MNIST training images"),
+            ("n_val", N_TEST_IMAGES, "MNIST test images"),
+        ):
             if values.get(name, 0) > most:
-                problems[self._fields[name]] = (f"{_FIELD_LABELS[name]} must be at most {most:,} (the {what}), "
-                                                f"got {values[name]:,}")
+                problems[self._fields[name]] = (
+                    f"{_FIELD_LABELS[name]} must be at most {most:,} (the {what}), "
+                    f"got {values[name]:,}"
+                )
         if problems:
             return None, problems
         try:
@@ -361,7 +504,8 @@ class Explorer:
             self.config_info.value = (
                 f"<div style='color:#555;font-size:12px;line-height:1.4'>{sizes}: {weights:,} weights<br>"
                 f"{config.steps_per_epoch:,} steps per epoch, validation every "
-                f"{config.validation_interval:,} steps</div>")
+                f"{config.validation_interval:,} steps</div>"
+            )
         self.train_button.disabled = config is None or self.running
         return config
 
@@ -388,8 +532,9 @@ class Explorer:
         self.progress.max = config.max_epochs * config.steps_per_epoch
         self.progress.value = 0
         self.status.value = f"Run {config.name}: loading MNIST…"
-        self._thread = threading.Thread(target=self._work, args=(config,), name="mlp-explorer-train",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._work, args=(config,), name="mlp-explorer-train", daemon=True
+        )
         self._thread.start()
         return True
 
@@ -426,24 +571,38 @@ class Explorer:
         """A pandas DataFrame of every finished run: its settings, final metrics (accuracies in %),
         best validation loss and its step, steps taken, how it ended (in words) and seconds per epoch."""
         import pandas as pd
+
         with self._lock:
             histories = list(self.histories)
         rows = []
         for h in histories:
             c, final = h.config, h.final
-            rows.append({
-                "run": c.name, "hidden": _hidden_text(c), "activation": c.activation.replace("_", " "),
-                "init": c.init.replace("_", "-"), "lr": c.learning_rate, "γ": c.momentum,
-                "batch": c.batch_size, "epochs": c.max_epochs, "train n": c.n_train, "val n": c.n_val,
-                "seed": c.seed, "train loss": final.get("train_loss", math.nan),
-                "val loss": final.get("val_loss", math.nan),
-                "train acc (%)": 100 * final.get("train_acc", math.nan),
-                "val acc (%)": 100 * final.get("val_acc", math.nan),
-                "best val loss": h.best_val_loss if h.val_steps else math.nan,
-                "best step": h.best_step, "steps": h.steps,
-                "stopped by": STOP_REASONS.get(h.stop_reason, (h.stop_reason,))[0],
-                "s / epoch": sum(h.epoch_times) / len(h.epoch_times) if h.epoch_times else math.nan,
-            })
+            rows.append(
+                {
+                    "run": c.name,
+                    "hidden": _hidden_text(c),
+                    "activation": c.activation.replace("_", " "),
+                    "init": c.init.replace("_", "-"),
+                    "lr": c.learning_rate,
+                    "γ": c.momentum,
+                    "batch": c.batch_size,
+                    "epochs": c.max_epochs,
+                    "train n": c.n_train,
+                    "val n": c.n_val,
+                    "seed": c.seed,
+                    "train loss": final.get("train_loss", math.nan),
+                    "val loss": final.get("val_loss", math.nan),
+                    "train acc (%)": 100 * final.get("train_acc", math.nan),
+                    "val acc (%)": 100 * final.get("val_acc", math.nan),
+                    "best val loss": h.best_val_loss if h.val_steps else math.nan,
+                    "best step": h.best_step,
+                    "steps": h.steps,
+                    "stopped by": STOP_REASONS.get(h.stop_reason, (h.stop_reason,))[0],
+                    "s / epoch": sum(h.epoch_times) / len(h.epoch_times)
+                    if h.epoch_times
+                    else math.nan,
+                }
+            )
         return pd.DataFrame(rows, columns=list(rows[0]) if rows else None)
 
     # -------------------------------------------------------------------------------- training thread
@@ -460,11 +619,18 @@ class Explorer:
             # train() warns (RuntimeWarning) when a run diverges; History.message is shown instead
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                hist = mlp_core.train(config, data, progress=False, callback=self._on_validation,
-                                      should_stop=self._stop_event.is_set)
+                hist = mlp_core.train(
+                    config,
+                    data,
+                    progress=False,
+                    callback=self._on_validation,
+                    should_stop=self._stop_event.is_set,
+                )
             message, style = self._summary(hist, time.perf_counter() - started)
         except Exception as exc:  # never a traceback in the page: say what went wrong
-            message = _error_html(f"Run {config.name} failed: {_friendly(str(exc)) or type(exc).__name__}")
+            message = _error_html(
+                f"Run {config.name} failed: {_friendly(str(exc)) or type(exc).__name__}"
+            )
         finally:
             try:
                 with self._lock:
@@ -493,7 +659,8 @@ class Explorer:
         self.status.value = (
             f"Run {c.name}: epoch {epoch} / {c.max_epochs}, step {hist.steps:,} / {self.progress.max:,} — "
             f"validation loss {hist.val_loss[-1]:.4f}, accuracy {100 * hist.val_acc[-1]:.2f} %"
-            + (" — stopping…" if self._stop_event.is_set() else ""))
+            + (" — stopping…" if self._stop_event.is_set() else "")
+        )
         if time.monotonic() - self._last_draw >= self.redraw_interval:
             self._draw()
 
@@ -503,11 +670,15 @@ class Explorer:
         c = hist.config
         if hist.stop_reason == "diverged":
             return _error_html(hist.message or f"Run {c.name} diverged."), "danger"
-        reason = STOP_REASONS.get(hist.stop_reason, ("", hist.stop_reason))[1].format(patience=c.patience)
+        reason = STOP_REASONS.get(hist.stop_reason, ("", hist.stop_reason))[1].format(
+            patience=c.patience
+        )
         final = hist.final
-        text = (f"Run {c.name} {reason} after {hist.steps:,} steps in {seconds:.1f} s: validation loss "
-                f"{final['val_loss']:.4f}, accuracy {100 * final['val_acc']:.2f} % "
-                f"(training accuracy {100 * final['train_acc']:.2f} %).")
+        text = (
+            f"Run {c.name} {reason} after {hist.steps:,} steps in {seconds:.1f} s: validation loss "
+            f"{final['val_loss']:.4f}, accuracy {100 * final['val_acc']:.2f} % "
+            f"(training accuracy {100 * final['train_acc']:.2f} %)."
+        )
         return text, ("success" if hist.completed else "warning")
 
     # -------------------------------------------------------------------------------- views
@@ -532,13 +703,27 @@ class Explorer:
             self.table.value = "<i style='color:#777'>No runs yet.</i>"
             return
         fixed = lambda digits, unit="": lambda v: "–" if math.isnan(v) else f"{v:.{digits}f}{unit}"  # noqa: E731
-        formatters = {"train loss": fixed(4), "val loss": fixed(4), "best val loss": fixed(4),
-                      "train acc (%)": fixed(2, " %"), "val acc (%)": fixed(2, " %"), "lr": _number, "γ": _number,
-                      "s / epoch": fixed(2), "best step": lambda v: "–" if v < 0 else f"{v:,}",
-                      "steps": "{:,}".format, "train n": "{:,}".format, "val n": "{:,}".format}
+        formatters = {
+            "train loss": fixed(4),
+            "val loss": fixed(4),
+            "best val loss": fixed(4),
+            "train acc (%)": fixed(2, " %"),
+            "val acc (%)": fixed(2, " %"),
+            "lr": _number,
+            "γ": _number,
+            "s / epoch": fixed(2),
+            "best step": lambda v: "–" if v < 0 else f"{v:,}",
+            "steps": "{:,}".format,
+            "train n": "{:,}".format,
+            "val n": "{:,}".format,
+        }
         body = df.rename(columns={"train acc (%)": "train acc", "val acc (%)": "val acc"}).to_html(
-            index=False, border=0, classes="mlp-explorer-table", na_rep="–",
-            formatters={k.replace(" (%)", ""): f for k, f in formatters.items()})
+            index=False,
+            border=0,
+            classes="mlp-explorer-table",
+            na_rep="–",
+            formatters={k.replace(" (%)", ""): f for k, f in formatters.items()},
+        )
         self.table.value = _CSS + body
 
     def figure(self):
@@ -554,39 +739,73 @@ class Explorer:
             if self._live is not None:
                 shown.append(self._live)
             live = self._live
-        labels = run_labels([h.config for h in shown], always=MAIN_SETTINGS if len(shown) == 1 else ())
-        handles = [Line2D([], [], color=_color(_run_id(h)), lw=2, label=label + " (training…)" * (h is live))
-                   for h, label in zip(shown, labels)]
+        labels = run_labels(
+            [h.config for h in shown], always=MAIN_SETTINGS if len(shown) == 1 else ()
+        )
+        handles = [
+            Line2D(
+                [], [], color=_color(_run_id(h)), lw=2, label=label + " (training…)" * (h is live)
+            )
+            for h, label in zip(shown, labels)
+        ]
         if shown:
-            handles += [Line2D([], [], color="0.35", lw=1.2, label="training"),
-                        Line2D([], [], color="0.35", lw=1.2, ls="--", label="validation")]
+            handles += [
+                Line2D([], [], color="0.35", lw=1.2, label="training"),
+                Line2D([], [], color="0.35", lw=1.2, ls="--", label="validation"),
+            ]
         # the legend goes below both plots: the figure grows by a line per row of it
         widest = max((len(h.get_label()) for h in handles), default=0)
-        ncol = 1 if len(handles) <= 3 else max(1, min(3, 110 // (widest + 6)))  # ~110 characters a line
+        ncol = (
+            1 if len(handles) <= 3 else max(1, min(3, 110 // (widest + 6)))
+        )  # ~110 characters a line
         legend = 0.2 * math.ceil(len(handles) / ncol) + 0.1 if handles else 0.0
         height = 3.0 + legend
         fig = Figure(figsize=(7.6, height), dpi=120)
         FigureCanvasAgg(fig)
         # fixed margins: a constrained layout would double the cost of every live redraw
-        ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw=dict(
-            left=0.08, right=0.99, bottom=(0.45 + legend) / height, top=1 - 0.27 / height, wspace=0.24))
+        ax_loss, ax_acc = fig.subplots(
+            1,
+            2,
+            gridspec_kw=dict(
+                left=0.08,
+                right=0.99,
+                bottom=(0.45 + legend) / height,
+                top=1 - 0.27 / height,
+                wspace=0.24,
+            ),
+        )
         for h in shown:
             color = [_color(_run_id(h))]
-            mlp_plots.plot_loss(h, ax_loss, window=h.config.validation_interval, colors=color, band=True)
+            mlp_plots.plot_loss(
+                h, ax_loss, window=h.config.validation_interval, colors=color, band=True
+            )
             mlp_plots.plot_accuracy(h, ax_acc, colors=color)
         ax_loss.set_title("Loss")
         ax_acc.set_title("Accuracy")
         if shown:
             _limit_loss_axis(ax_loss, shown)
-            fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=ncol, fontsize=8,
-                       frameon=False)
+            fig.legend(
+                handles=handles,
+                loc="lower center",
+                bbox_to_anchor=(0.5, 0.0),
+                ncols=ncol,
+                fontsize=8,
+                frameon=False,
+            )
         else:
             for ax in (ax_loss, ax_acc):
                 mlp_plots.steps_axis(ax)
                 ax.set_xticks([])
                 ax.set_yticks([])
-                ax.text(0.5, 0.5, "Press Train to start a run,\nor select runs below to compare them",
-                        ha="center", va="center", transform=ax.transAxes, color="0.5")
+                ax.text(
+                    0.5,
+                    0.5,
+                    "Press Train to start a run,\nor select runs below to compare them",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                    color="0.5",
+                )
             ax_loss.set_ylabel("cross-entropy loss")
             ax_acc.set_ylabel("accuracy (%)")
         return fig
@@ -609,5 +828,6 @@ def _limit_loss_axis(ax, runs) -> None:
 
 
 def _error_html(message: str) -> str:
-    return (f"<div style='color:#b00020;font-size:12px;line-height:1.4'>⚠ "
-            f"{html.escape(message)}</div>")
+    return (
+        f"<div style='color:#b00020;font-size:12px;line-height:1.4'>⚠ {html.escape(message)}</div>"
+    )

@@ -27,7 +27,11 @@ def smooth(values: Sequence[float], window: int) -> tuple[np.ndarray, np.ndarray
     v = np.asarray(values, dtype=np.float64)
     window = max(1, min(int(window), len(v))) if len(v) else 1
     blocks = v[: len(v) // window * window].reshape(-1, window)
-    return np.arange(len(blocks)) * window + (window - 1) / 2, blocks.mean(axis=1), blocks.std(axis=1)
+    return (
+        np.arange(len(blocks)) * window + (window - 1) / 2,
+        blocks.mean(axis=1),
+        blocks.std(axis=1),
+    )
 
 
 def _runs(histories) -> list[mlp.History]:
@@ -35,7 +39,10 @@ def _runs(histories) -> list[mlp.History]:
 
 
 def _style(i: int, h: mlp.History, colors, labels) -> tuple[str, str]:
-    return (colors[i] if colors is not None else f"C{i % 10}", labels[i] if labels is not None else h.config.label)
+    return (
+        colors[i] if colors is not None else f"C{i % 10}",
+        labels[i] if labels is not None else h.config.label,
+    )
 
 
 def steps_axis(ax, log: bool = False, linear_until: float = 1.0):
@@ -53,8 +60,17 @@ def steps_axis(ax, log: bool = False, linear_until: float = 1.0):
     return ax
 
 
-def plot_loss(histories, ax=None, *, window: int | None = None, train: bool = True, val: bool = True,
-              band: bool = True, colors=None, labels=None):
+def plot_loss(
+    histories,
+    ax=None,
+    *,
+    window: int | None = None,
+    train: bool = True,
+    val: bool = True,
+    band: bool = True,
+    colors=None,
+    labels=None,
+):
     """Training loss (the batch loss smoothed over blocks of `window` steps, default: the validation
     interval, with a ±1 std band) as solid lines, validation loss dashed, against gradient steps."""
     ax = ax or plt.gca()
@@ -66,22 +82,42 @@ def plot_loss(histories, ax=None, *, window: int | None = None, train: bool = Tr
             if band:
                 ax.fill_between(s, m - sd, m + sd, color=color, alpha=0.15, lw=0)
         if val:
-            ax.plot(h.val_steps, h.val_loss, color=color, lw=1.2, ls="--", label=f"{name} (validation)" if train else name)
+            ax.plot(
+                h.val_steps,
+                h.val_loss,
+                color=color,
+                lw=1.2,
+                ls="--",
+                label=f"{name} (validation)" if train else name,
+            )
     ax.set_ylabel("cross-entropy loss")
     return steps_axis(ax)
 
 
-def plot_accuracy(histories, ax=None, *, train: bool = True, val: bool = True, colors=None, labels=None):
+def plot_accuracy(
+    histories, ax=None, *, train: bool = True, val: bool = True, colors=None, labels=None
+):
     """Training (solid) and validation (dashed) accuracy in % at every validation, against steps."""
     ax = ax or plt.gca()
     for i, h in enumerate(_runs(histories)):
         color, name = _style(i, h, colors, labels)
         if train:
-            ax.plot(h.val_steps, 100 * np.asarray(h.train_acc), color=color, lw=1.2,
-                    label=f"{name} (training)" if val else name)
+            ax.plot(
+                h.val_steps,
+                100 * np.asarray(h.train_acc),
+                color=color,
+                lw=1.2,
+                label=f"{name} (training)" if val else name,
+            )
         if val:
-            ax.plot(h.val_steps, 100 * np.asarray(h.val_acc), color=color, lw=1.2, ls="--",
-                    label=f"{name} (validation)" if train else name)
+            ax.plot(
+                h.val_steps,
+                100 * np.asarray(h.val_acc),
+                color=color,
+                lw=1.2,
+                ls="--",
+                label=f"{name} (validation)" if train else name,
+            )
     ax.set_ylabel("accuracy (%)")
     return steps_axis(ax)
 
@@ -89,14 +125,22 @@ def plot_accuracy(histories, ax=None, *, train: bool = True, val: bool = True, c
 def line_key(colors: dict[str, str], wide: str | None = None) -> list[Line2D]:
     """Legend entries: one colour per network (`wide` drawn thicker), then solid = training and
     dashed = validation."""
-    return ([Line2D([], [], color=c, lw=3 if name == wide else 1.5, label=name) for name, c in colors.items()]
-            + [Line2D([], [], color="0.35", lw=1.2, label="training"),
-               Line2D([], [], color="0.35", lw=1.2, ls="--", label="validation")])
+    return [
+        Line2D([], [], color=c, lw=3 if name == wide else 1.5, label=name)
+        for name, c in colors.items()
+    ] + [
+        Line2D([], [], color="0.35", lw=1.2, label="training"),
+        Line2D([], [], color="0.35", lw=1.2, ls="--", label="validation"),
+    ]
 
 
-def zoom(series: Sequence[Sequence[float]], skip: int, pad: float = 0.08, lo=None, hi=None) -> tuple[float, float]:
+def zoom(
+    series: Sequence[Sequence[float]], skip: int, pad: float = 0.08, lo=None, hi=None
+) -> tuple[float, float]:
     """y-limits that fit every series after its first `skip` points, with a margin."""
-    tail = np.concatenate([np.asarray(s, dtype=float)[min(skip, max(len(s) - 1, 0)):] for s in series])
+    tail = np.concatenate(
+        [np.asarray(s, dtype=float)[min(skip, max(len(s) - 1, 0)) :] for s in series]
+    )
     tail = tail[np.isfinite(tail)]
     bottom, top = float(tail.min()), float(tail.max())
     span = (top - bottom) or 0.1 * abs(top) or 1.0
@@ -106,16 +150,24 @@ def zoom(series: Sequence[Sequence[float]], skip: int, pad: float = 0.08, lo=Non
 
 def plain_log_labels(ax):
     """Log-scale y ticks written 0.2, 0.5, 1, 2, 5 instead of powers of ten."""
+
     def label(y, _):
         mantissa = y / 10 ** np.floor(np.log10(y)) if y > 0 else 0
         return f"{y:g}" if np.isclose(mantissa, [1, 2, 5]).any() else ""
+
     ax.yaxis.set_major_formatter(FuncFormatter(label))
     ax.yaxis.set_minor_formatter(FuncFormatter(label))
     return ax
 
 
-def variant_panels(panels: dict[str, Sequence[mlp.History]], colors: dict[str, str], kind: str, *,
-                   wide: str | None = None, height: float = 3.3):
+def variant_panels(
+    panels: dict[str, Sequence[mlp.History]],
+    colors: dict[str, str],
+    kind: str,
+    *,
+    wide: str | None = None,
+    height: float = 3.3,
+):
     """Two panels of runs side by side (title -> runs, coloured by run name; `wide` drawn thicker so
     that a run on top of it stays visible), one legend below them. `kind`: "loss" or "accuracy"."""
     fig, axes = plt.subplots(1, len(panels), figsize=(7.5, height), sharex=True, sharey=True)
@@ -131,12 +183,25 @@ def variant_panels(panels: dict[str, Sequence[mlp.History]], colors: dict[str, s
                 line.set(lw=2.6, alpha=0.75, zorder=1.9)
     axes[1].set_ylabel("")
     fig.tight_layout()
-    fig.legend(handles=line_key(colors, wide), loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False)
+    fig.legend(
+        handles=line_key(colors, wide),
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=4,
+        frameon=False,
+    )
     return fig, axes
 
 
-def pair_figure(runs: Sequence[mlp.History], colors: Sequence[str], names: Sequence[str], kind: str, *,
-                log_val: bool = False, skip: int = 0):
+def pair_figure(
+    runs: Sequence[mlp.History],
+    colors: Sequence[str],
+    names: Sequence[str],
+    kind: str,
+    *,
+    log_val: bool = False,
+    skip: int = 0,
+):
     """Training (left) and validation (right) curves of several networks, one legend above. `kind`
     "loss": smoothed training loss on a log scale; "accuracy": both accuracies. The y-ranges fit the
     values after the first `skip` validations; `log_val` puts the validation loss on a log scale."""
@@ -146,23 +211,39 @@ def pair_figure(runs: Sequence[mlp.History], colors: Sequence[str], names: Seque
         means = [smooth(h.train_loss, h.config.validation_interval)[1] for h in runs]
         low, high = 0.7 * min(m.min() for m in means), 1.4 * max(m.max() for m in means)
         decade = 10 ** np.floor(np.log10(low))  # extend down to a labelled power of ten when close
-        ax_t.set(yscale="log", ylim=(decade if low / decade < 2.5 else low, high),
-                 title="training loss (moving mean, log scale)")
+        ax_t.set(
+            yscale="log",
+            ylim=(decade if low / decade < 2.5 else low, high),
+            title="training loss (moving mean, log scale)",
+        )
         plot_loss(runs, ax_v, train=False, colors=colors, labels=names)
         if log_val:
-            ax_v.set(yscale="log", title="validation loss (log scale)",
-                     ylim=(0.85 * min(min(h.val_loss) for h in runs), 1.15 * max(max(h.val_loss) for h in runs)))
+            ax_v.set(
+                yscale="log",
+                title="validation loss (log scale)",
+                ylim=(
+                    0.85 * min(min(h.val_loss) for h in runs),
+                    1.15 * max(max(h.val_loss) for h in runs),
+                ),
+            )
             plain_log_labels(ax_v)
         else:
             ax_v.set(ylim=zoom([h.val_loss for h in runs], skip, lo=0), title="validation loss")
     else:
-        for ax, train, title, values in ((ax_t, True, "training accuracy", [h.train_acc for h in runs]),
-                                         (ax_v, False, "validation accuracy", [h.val_acc for h in runs])):
+        for ax, train, title, values in (
+            (ax_t, True, "training accuracy", [h.train_acc for h in runs]),
+            (ax_v, False, "validation accuracy", [h.val_acc for h in runs]),
+        ):
             plot_accuracy(runs, ax, train=train, val=not train, colors=colors, labels=names)
             ax.set(ylim=zoom([100 * np.asarray(v) for v in values], skip, hi=100.2), title=title)
     ax_v.set_ylabel("")
-    fig.legend(*ax_t.get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(runs),
-               frameon=False)
+    fig.legend(
+        *ax_t.get_legend_handles_labels(),
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(runs),
+        frameon=False,
+    )
     fig.tight_layout()
     return fig
 
@@ -197,16 +278,39 @@ def grad_profile_figure(runs: Sequence[mlp.History], titles: Sequence[str]):
         layers = np.arange(1, len(init) + 1)
         median, (q1, q3) = np.median(during, axis=0), np.percentile(during, [25, 75], axis=0)
         ax.bar(layers, init, color="0.7")
-        ax.errorbar(layers, median, yerr=[median - q1, q3 - median], fmt="o", color="black", ms=3.5, capsize=2, lw=1)
+        ax.errorbar(
+            layers,
+            median,
+            yerr=[median - q1, q3 - median],
+            fmt="o",
+            color="black",
+            ms=3.5,
+            capsize=2,
+            lw=1,
+        )
         ax.set_yscale("log")
         ax.set_xticks(layers, [f"$W_{{{i}}}$" for i in layers], fontsize=7.5)
         ax.set(xlabel="weight matrix (input → output)", title=title)
         ax.grid(True, axis="y", alpha=0.3, which="both")
     axes[0].set_ylabel("gradient norm")
-    fig.legend(handles=[Patch(color="0.7", label="at initialisation"),
-                        Line2D([], [], color="black", marker="o", ms=3.5, lw=1,
-                               label="during training: median and 25–75 % range over validations")],
-               loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    fig.legend(
+        handles=[
+            Patch(color="0.7", label="at initialisation"),
+            Line2D(
+                [],
+                [],
+                color="black",
+                marker="o",
+                ms=3.5,
+                lw=1,
+                label="during training: median and 25–75 % range over validations",
+            ),
+        ],
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=2,
+        frameon=False,
+    )
     fig.tight_layout()
     return fig
 
@@ -217,14 +321,34 @@ def grad_ratio_figure(runs: Sequence[mlp.History], colors: Sequence[str], names:
     fig, ax = plt.subplots(figsize=(7.5, 2.7))
     for h, color, name in zip(runs, colors, names):
         n, last = np.asarray(h.grad_norms), len(h.grad_norms[0])
-        ax.plot(h.val_steps, n[:, 1] / n[:, -2], color=color, lw=1.1, marker="o", ms=2.5,
-                label=f"{name}: $W_2 / W_{{{last - 1}}}$")
-        ax.plot(h.val_steps, n[:, 0] / n[:, -1], color=color, lw=0.9, ls=":", label=f"{name}: $W_1 / W_{{{last}}}$")
+        ax.plot(
+            h.val_steps,
+            n[:, 1] / n[:, -2],
+            color=color,
+            lw=1.1,
+            marker="o",
+            ms=2.5,
+            label=f"{name}: $W_2 / W_{{{last - 1}}}$",
+        )
+        ax.plot(
+            h.val_steps,
+            n[:, 0] / n[:, -1],
+            color=color,
+            lw=0.9,
+            ls=":",
+            label=f"{name}: $W_1 / W_{{{last}}}$",
+        )
     ax.axhline(1, color="black", lw=0.8)
     ax.set(yscale="log", ylabel="gradient norm ratio")
     plain_log_labels(ax)
     steps_axis(ax, log=True, linear_until=runs[0].config.validation_interval)
     ax.grid(True, alpha=0.3, which="both")
-    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, frameon=False)
+    fig.legend(
+        *ax.get_legend_handles_labels(),
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=2,
+        frameon=False,
+    )
     fig.tight_layout()
     return fig

@@ -26,14 +26,14 @@ import functools
 import hashlib
 import json
 import multiprocessing
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 import os
 import signal
 import tempfile
 import threading
 import time
 import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -43,8 +43,18 @@ import mlp_core as mlp
 
 REPO = Path(__file__).resolve().parent
 FORMAT = 1  # version of the entry layout; entries of another version are trained again
-_LISTS = ("train_loss", "val_steps", "train_loss_full", "train_acc", "val_loss", "val_acc", "grad_norms",
-          "init_grad_norms", "epoch_times", "step_times")
+_LISTS = (
+    "train_loss",
+    "val_steps",
+    "train_loss_full",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "grad_norms",
+    "init_grad_norms",
+    "epoch_times",
+    "step_times",
+)
 
 
 def store_dir() -> Path:
@@ -59,21 +69,38 @@ def code_digest() -> str:
 
 
 def _config_dict(config: mlp.RunConfig) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(config).items() if k != "name"}
+    return {
+        k: (list(v) if isinstance(v, tuple) else v)
+        for k, v in dataclasses.asdict(config).items()
+        if k != "name"
+    }
 
 
 def run_key(config: mlp.RunConfig) -> str:
     """The store key of a run: its whole configuration (but its name) and the ML core's digest."""
-    text = json.dumps({"config": _config_dict(config), "code": code_digest(), "format": FORMAT}, sort_keys=True)
+    text = json.dumps(
+        {"config": _config_dict(config), "code": code_digest(), "format": FORMAT}, sort_keys=True
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _pack(h: mlp.History) -> dict[str, np.ndarray]:
-    header = dict(format=FORMAT, key=run_key(h.config), config=_config_dict(h.config), name=h.config.name,
-                  stop_reason=h.stop_reason, message=h.message, best_val_loss=h.best_val_loss,
-                  best_step=h.best_step, final=h.final, n_weights=len(h.weights))
-    arrays = {name: np.asarray(getattr(h, name), dtype=np.int64 if name == "val_steps" else np.float64)
-              for name in _LISTS}
+    header = dict(
+        format=FORMAT,
+        key=run_key(h.config),
+        config=_config_dict(h.config),
+        name=h.config.name,
+        stop_reason=h.stop_reason,
+        message=h.message,
+        best_val_loss=h.best_val_loss,
+        best_step=h.best_step,
+        final=h.final,
+        n_weights=len(h.weights),
+    )
+    arrays = {
+        name: np.asarray(getattr(h, name), dtype=np.int64 if name == "val_steps" else np.float64)
+        for name in _LISTS
+    }
     arrays.update({f"w{i}": w for i, w in enumerate(h.weights)})
     return dict(arrays, header=np.array(json.dumps(header)))
 
@@ -82,15 +109,27 @@ def _unpack(data, key: str) -> mlp.History:
     header = json.loads(str(data["header"]))
     if header.get("format") != FORMAT or header.get("key") != key:
         raise ValueError(f"it belongs to another run or format (key {header.get('key')!r})")
-    config = mlp.RunConfig(**dict(header["config"], layer_sizes=tuple(header["config"]["layer_sizes"]),
-                                  name=header["name"]))
+    config = mlp.RunConfig(
+        **dict(
+            header["config"],
+            layer_sizes=tuple(header["config"]["layer_sizes"]),
+            name=header["name"],
+        )
+    )
     if run_key(config) != key:
         raise ValueError("its configuration does not match its key")
     lists = {name: data[name].tolist() for name in _LISTS}
     weights = [data[f"w{i}"] for i in range(header["n_weights"])]
-    return mlp.History(config=config, **lists, stop_reason=header["stop_reason"], message=header["message"],
-                       best_val_loss=header["best_val_loss"], best_step=header["best_step"],
-                       final=header["final"], weights=weights)
+    return mlp.History(
+        config=config,
+        **lists,
+        stop_reason=header["stop_reason"],
+        message=header["message"],
+        best_val_loss=header["best_val_loss"],
+        best_step=header["best_step"],
+        final=header["final"],
+        weights=weights,
+    )
 
 
 class RunStore:
@@ -114,9 +153,12 @@ class RunStore:
         except Exception as exc:  # any unreadable entry: never a crash, never code run
             aside = path.with_suffix(".damaged")
             os.replace(path, aside)
-            warnings.warn(f"run store: {path.name} could not be used ({type(exc).__name__}: {exc}); it was "
-                          f"moved aside to {aside.name} and the run ({config.label}) will be trained again.",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(
+                f"run store: {path.name} could not be used ({type(exc).__name__}: {exc}); it was "
+                f"moved aside to {aside.name} and the run ({config.label}) will be trained again.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             return None
         return dataclasses.replace(hist, config=config)
 
@@ -140,10 +182,14 @@ class RunStore:
 
 # ---- training in worker processes -----------------------------------------------------------------
 
+
 def _worker_init() -> None:
     from tqdm import tqdm
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C stops
-    tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock, which a killed worker would leak
+    tqdm.set_lock(
+        threading.RLock()
+    )  # not tqdm's default multiprocessing lock, which a killed worker would leak
 
 
 @contextlib.contextmanager
@@ -178,9 +224,17 @@ def _progress(total: int, desc: str, enabled: bool):
     import sys
 
     from tqdm.auto import tqdm
-    return tqdm(total=total, desc=desc, unit="run", disable=not enabled or total == 0, leave=True, dynamic_ncols=True,
-                mininterval=0.5 if sys.stderr.isatty() else 30,
-                bar_format="{desc}: {n}/{total} runs |{bar}| {elapsed} elapsed, ~{remaining} left{postfix}")
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit="run",
+        disable=not enabled or total == 0,
+        leave=True,
+        dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+        bar_format="{desc}: {n}/{total} runs |{bar}| {elapsed} elapsed, ~{remaining} left{postfix}",
+    )
 
 
 def _cost(config: mlp.RunConfig) -> float:
@@ -188,9 +242,15 @@ def _cost(config: mlp.RunConfig) -> float:
     return mlp.count_parameters(config.layer_sizes) * config.max_epochs * config.n_train
 
 
-def run_experiments(configs: Sequence[mlp.RunConfig], *, n_jobs: int | None = None, store: RunStore | None = None,
-                    progress: bool = True, on_done: Callable[[mlp.History, bool], None] | None = None,
-                    desc: str = "training") -> list[mlp.History]:
+def run_experiments(
+    configs: Sequence[mlp.RunConfig],
+    *,
+    n_jobs: int | None = None,
+    store: RunStore | None = None,
+    progress: bool = True,
+    on_done: Callable[[mlp.History, bool], None] | None = None,
+    desc: str = "training",
+) -> list[mlp.History]:
     """One History per config, in order: loaded from the store, or trained and then stored.
 
     Missing runs are trained in `n_jobs` worker processes (default: one per core; 1 trains in this
@@ -237,33 +297,46 @@ def _train_all(todo: list[mlp.RunConfig], n_jobs: int | None, progress: bool, de
                 bar.update()
                 yield h
             return
-        context = multiprocessing.get_context("spawn")  # never fork a threaded parent (a Jupyter kernel)
+        context = multiprocessing.get_context(
+            "spawn"
+        )  # never fork a threaded parent (a Jupyter kernel)
         pool = ProcessPoolExecutor(n_jobs, mp_context=context, initializer=_worker_init)
         try:
-            waiting, running = list(todo), {}  # one run per worker at a time: `running` is what they train
+            waiting, running = (
+                list(todo),
+                {},
+            )  # one run per worker at a time: `running` is what they train
             while waiting or running:
                 while waiting and len(running) < n_jobs:
                     config = waiting.pop(0)
                     running[pool.submit(_train_quietly, config)] = _describe(config)
                 bar.set_postfix_str("; ".join(running.values()), refresh=False)
-                if not bar.disable and time.time() - bar.last_print_t >= bar.mininterval:  # tqdm keeps time.time()
+                if (
+                    not bar.disable and time.time() - bar.last_print_t >= bar.mininterval
+                ):  # tqdm keeps time.time()
                     bar.refresh()  # the elapsed time and the estimate tick on while the runs train
                 done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
                 for future in done:
                     del running[future]
                     bar.update()
                     yield future.result()  # a worker's exception, or BrokenProcessPool, ends the sweep
-        except BaseException as exc:  # Ctrl-C or an error: end the workers now, not after their runs
+        except (
+            BaseException
+        ) as exc:  # Ctrl-C or an error: end the workers now, not after their runs
             with _no_interrupts():
                 for process in list(pool._processes.values()):
                     process.terminate()
             if isinstance(exc, BrokenProcessPool):
-                raise RuntimeError("a training worker process died (out of memory? or a script that trains "
-                                   "without `if __name__ == \"__main__\":`); runs finished before it are kept") from exc
+                raise RuntimeError(
+                    "a training worker process died (out of memory? or a script that trains "
+                    'without `if __name__ == "__main__":`); runs finished before it are kept'
+                ) from exc
             raise
         finally:
             with _no_interrupts():
                 pool.shutdown(wait=True, cancel_futures=True)
-            pool = running = None  # let its queues go now, not when a traceback that holds this frame does
+            pool = running = (
+                None  # let its queues go now, not when a traceback that holds this frame does
+            )
     finally:
         bar.close()

@@ -31,21 +31,37 @@ class MNISTDataError(RuntimeError):
 
 @dataclass(frozen=True)
 class _IdxFile:
-    name: str    # file name of the gzip IDX file
-    magic: int   # 2051 for images, 2049 for labels
-    count: int   # number of images or labels
+    name: str  # file name of the gzip IDX file
+    magic: int  # 2051 for images, 2049 for labels
+    count: int  # number of images or labels
     sha256: str  # of the decompressed bytes, so any mirror's gzip of the same content passes
 
 
 MNIST_FILES = {
-    "train_images": _IdxFile("train-images-idx3-ubyte.gz", 2051, 60_000,
-                             "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
-    "train_labels": _IdxFile("train-labels-idx1-ubyte.gz", 2049, 60_000,
-                             "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
-    "test_images": _IdxFile("t10k-images-idx3-ubyte.gz", 2051, 10_000,
-                            "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
-    "test_labels": _IdxFile("t10k-labels-idx1-ubyte.gz", 2049, 10_000,
-                            "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    "train_images": _IdxFile(
+        "train-images-idx3-ubyte.gz",
+        2051,
+        60_000,
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    ),
+    "train_labels": _IdxFile(
+        "train-labels-idx1-ubyte.gz",
+        2049,
+        60_000,
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    ),
+    "test_images": _IdxFile(
+        "t10k-images-idx3-ubyte.gz",
+        2051,
+        10_000,
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    ),
+    "test_labels": _IdxFile(
+        "t10k-labels-idx1-ubyte.gz",
+        2049,
+        10_000,
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    ),
 }
 MIRROR_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/"
 DEFAULT_CACHE = Path(__file__).resolve().parent / "data" / "mnist"
@@ -55,6 +71,7 @@ _REMEDY = "Delete it and run again to download a fresh copy, or point MNIST_DIR 
 @dataclass(frozen=True)
 class MNIST:
     """The four MNIST arrays as stored: images (N, 784) uint8, labels (N,) uint8."""
+
     train_images: np.ndarray
     train_labels: np.ndarray
     test_images: np.ndarray
@@ -67,11 +84,16 @@ def mnist_dir() -> Path:
     return Path(env).expanduser().resolve() if env else DEFAULT_CACHE
 
 
-def parse_idx(raw: bytes, *, magic: int, count: int | None = None, name: str = "<bytes>") -> np.ndarray:
+def parse_idx(
+    raw: bytes, *, magic: int, count: int | None = None, name: str = "<bytes>"
+) -> np.ndarray:
     """Decompressed IDX bytes as uint8, (count, 784) images or (count,) labels, after checking the
     magic number, the dimensions and that the payload has exactly the announced length."""
+
     def fail(problem: str) -> MNISTDataError:
-        return MNISTDataError(f"{name}: {problem}; the file is damaged or not an MNIST IDX file. {_REMEDY}")
+        return MNISTDataError(
+            f"{name}: {problem}; the file is damaged or not an MNIST IDX file. {_REMEDY}"
+        )
 
     ndim = {2051: 3, 2049: 1}.get(magic)
     if ndim is None:
@@ -81,7 +103,7 @@ def parse_idx(raw: bytes, *, magic: int, count: int | None = None, name: str = "
         raise fail(f"wrong magic number {found} (expected {magic})")
     if len(raw) < header:
         raise fail(f"only {len(raw)} bytes, shorter than the {header}-byte IDX header")
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     if count is not None and dims[0] != count:
         raise fail(f"wrong count {dims[0]} (expected {count})")
     if ndim == 3 and dims[1:] != [28, 28]:
@@ -97,31 +119,49 @@ def read_idx_gz(path: str | os.PathLike, key: str) -> np.ndarray:
     spec, path = MNIST_FILES[key], Path(path)
     size = (16 + spec.count * 784) if spec.magic == 2051 else (8 + spec.count)  # decompressed bytes
     if path.is_dir():
-        raise MNISTDataError(f"{path}: a folder where the MNIST file should be. Remove or rename it.")
+        raise MNISTDataError(
+            f"{path}: a folder where the MNIST file should be. Remove or rename it."
+        )
     if not path.exists():
-        raise MNISTDataError(f"{path}: MNIST file not found. Set MNIST_DIR to a folder holding the four "
-                             f"MNIST .gz files, run `make data`, or call load_mnist(download=True).")
+        raise MNISTDataError(
+            f"{path}: MNIST file not found. Set MNIST_DIR to a folder holding the four "
+            f"MNIST .gz files, run `make data`, or call load_mnist(download=True)."
+        )
     try:
         with gzip.open(path, "rb") as fh:
             raw = fh.read(size + 1)  # never decompress more than an MNIST file holds
     except gzip.BadGzipFile as exc:
         raise MNISTDataError(f"{path}: not a gzip file ({exc}). {_REMEDY}") from exc
     except (EOFError, zlib.error) as exc:
-        raise MNISTDataError(f"{path}: the gzip stream is truncated or corrupted ({exc}). {_REMEDY}") from exc
+        raise MNISTDataError(
+            f"{path}: the gzip stream is truncated or corrupted ({exc}). {_REMEDY}"
+        ) from exc
     except OSError as exc:
-        raise MNISTDataError(f"{path}: cannot be read ({exc.strerror or exc}). Check its permissions.") from exc
+        raise MNISTDataError(
+            f"{path}: cannot be read ({exc.strerror or exc}). Check its permissions."
+        ) from exc
     if len(raw) > size:
-        raise MNISTDataError(f"{path}: decompresses to more than the {size:,} bytes of this MNIST file. {_REMEDY}")
+        raise MNISTDataError(
+            f"{path}: decompresses to more than the {size:,} bytes of this MNIST file. {_REMEDY}"
+        )
     array = parse_idx(raw, magic=spec.magic, count=spec.count, name=str(path))
     if (digest := hashlib.sha256(raw).hexdigest()) != spec.sha256:
-        raise MNISTDataError(f"{path}: SHA-256 of the decompressed data is {digest}, expected {spec.sha256}; "
-                             f"the file is corrupted. {_REMEDY}")
+        raise MNISTDataError(
+            f"{path}: SHA-256 of the decompressed data is {digest}, expected {spec.sha256}; "
+            f"the file is corrupted. {_REMEDY}"
+        )
     return array
 
 
-def download_mnist(directory: str | os.PathLike | None = None, *, base_url: str | None = None,
-                   progress: bool = True, timeout: float = 60.0, deadline: float = 900.0,
-                   force: bool = False) -> Path:
+def download_mnist(
+    directory: str | os.PathLike | None = None,
+    *,
+    base_url: str | None = None,
+    progress: bool = True,
+    timeout: float = 60.0,
+    deadline: float = 900.0,
+    force: bool = False,
+) -> Path:
     """Download the missing MNIST files into `directory` (default: mnist_dir()) from `base_url`,
     $MNIST_MIRROR or the public mirror. Each file goes to a temporary name and is renamed only after
     it passes verification. `timeout` bounds each network read, `deadline` the whole download (s)."""
@@ -138,9 +178,18 @@ def download_mnist(directory: str | os.PathLike | None = None, *, base_url: str 
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=spec.name + ".", suffix=".part", dir=directory)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response, \
-                    tqdm(total=int(response.headers.get("Content-Length") or 0) or None, unit="B",
-                         unit_scale=True, desc=spec.name, disable=not progress, leave=False) as bar:
+            with (
+                os.fdopen(fd, "wb") as out,
+                urllib.request.urlopen(url, timeout=timeout) as response,
+                tqdm(
+                    total=int(response.headers.get("Content-Length") or 0) or None,
+                    unit="B",
+                    unit_scale=True,
+                    desc=spec.name,
+                    disable=not progress,
+                    leave=False,
+                ) as bar,
+            ):
                 read = getattr(response, "read1", response.read)  # read1: whatever has arrived
                 while chunk := read(1 << 16):
                     if time.monotonic() > end:
@@ -150,12 +199,16 @@ def download_mnist(directory: str | os.PathLike | None = None, *, base_url: str 
             os.chmod(tmp, 0o644)  # readable like a copied file (mkstemp makes it private)
             os.replace(tmp, target)
         except MNISTDataError as exc:
-            raise MNISTDataError(f"{spec.name}: the file downloaded from {url} failed verification and was "
-                                 f"discarded: {exc}") from exc
+            raise MNISTDataError(
+                f"{spec.name}: the file downloaded from {url} failed verification and was "
+                f"discarded: {exc}"
+            ) from exc
         except (urllib.error.URLError, OSError, ValueError) as exc:
-            raise MNISTDataError(f"{spec.name}: download from {url} failed ({exc}). Check the network, try "
-                                 f"another MNIST_MIRROR, or copy the four MNIST .gz files into {directory} "
-                                 f"(or point MNIST_DIR at them).") from exc
+            raise MNISTDataError(
+                f"{spec.name}: download from {url} failed ({exc}). Check the network, try "
+                f"another MNIST_MIRROR, or copy the four MNIST .gz files into {directory} "
+                f"(or point MNIST_DIR at them)."
+            ) from exc
         finally:
             Path(tmp).unlink(missing_ok=True)
     return directory
@@ -182,15 +235,22 @@ def _load_verified(directory: Path) -> MNIST:
     return MNIST(**arrays)
 
 
-def load_mnist(directory: str | os.PathLike | None = None, *, download: bool = True,
-               base_url: str | None = None, progress: bool = True) -> MNIST:
+def load_mnist(
+    directory: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    base_url: str | None = None,
+    progress: bool = True,
+) -> MNIST:
     """The four MNIST arrays, verified once per process and directory: from `directory`, else
     $MNIST_DIR, else the data/mnist cache; missing files are downloaded when `download` is true."""
     directory = Path(directory).expanduser().resolve() if directory is not None else mnist_dir()
     missing = [s.name for s in MNIST_FILES.values() if not (directory / s.name).exists()]
     if missing and not download:
-        raise MNISTDataError(f"{directory}: missing MNIST files {', '.join(missing)}. Set MNIST_DIR to a "
-                             f"folder holding them, run `make data`, or call load_mnist(download=True).")
+        raise MNISTDataError(
+            f"{directory}: missing MNIST files {', '.join(missing)}. Set MNIST_DIR to a "
+            f"folder holding them, run `make data`, or call load_mnist(download=True)."
+        )
     if missing:
         download_mnist(directory, base_url=base_url, progress=progress)
     return _load_verified(directory)

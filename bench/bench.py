@@ -45,6 +45,7 @@ runs an older, slower kernel than the processor supports. To benchmark the proce
 unset that variable and OPENBLAS_L2_SIZE together for that one command:
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE make bench
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,9 +71,10 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import mlp_core as mlp  # noqa: E402
 import reference_mlp as ref  # noqa: E402
 from tqdm import tqdm as _tqdm  # noqa: E402
+
+import mlp_core as mlp  # noqa: E402
 
 # train() creates a (disabled) tqdm bar, and tqdm starts a monitor thread for any bar, which wakes
 # every 10 s. A process whose threads have run on both cores frees memory much more slowly (see
@@ -85,9 +87,9 @@ VALIDATIONS = 5  # per protocol epoch
 
 @dataclass
 class Timing:
-    epoch: float      # one protocol epoch: reshuffle, every step, every validation (s)
+    epoch: float  # one protocol epoch: reshuffle, every step, every validation (s)
     eval_pass: float  # one validation: loss and accuracy on both sets (s, median within the epoch)
-    step: float       # (epoch - its validations) / steps (s)
+    step: float  # (epoch - its validations) / steps (s)
     system: float = 0.0  # CPU time the kernel spent for the process during the epoch (s)
 
 
@@ -97,8 +99,10 @@ def _system_time() -> float:
 
 # ---- the implementations ------------------------------------------------------------------------
 
-def time_mlp_core(config: mlp.RunConfig, data: mlp.Dataset, blas_threads: int,
-                  core: types.ModuleType = mlp) -> tuple[Timing, mlp.History]:
+
+def time_mlp_core(
+    config: mlp.RunConfig, data: mlp.Dataset, blas_threads: int, core: types.ModuleType = mlp
+) -> tuple[Timing, mlp.History]:
     """One protocol epoch of `core`.train (today's mlp_core, or an earlier one: see load_core_at, and
     `config` must then be its RunConfig). Its validations are timed by wrapping core._validate, which
     train() looks up at every call; the steps' time is the epoch's minus theirs."""
@@ -113,31 +117,52 @@ def time_mlp_core(config: mlp.RunConfig, data: mlp.Dataset, blas_threads: int,
     core._validate = timed
     sys0 = _system_time()
     try:
-        hist = core.train(config.replace(max_epochs=1), data, progress=False, blas_threads=blas_threads)
+        hist = core.train(
+            config.replace(max_epochs=1), data, progress=False, blas_threads=blas_threads
+        )
     finally:
         core._validate = original
     epoch = hist.epoch_times[0]
-    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / config.steps_per_epoch,
-                  _system_time() - sys0), hist
+    return Timing(
+        epoch,
+        statistics.median(times),
+        (epoch - sum(times)) / config.steps_per_epoch,
+        _system_time() - sys0,
+    ), hist
 
 
 def initial_state(config: mlp.RunConfig) -> tuple[list[np.ndarray], np.random.SeedSequence]:
     """The initial weights (float64) and the shuffling seed that mlp_core.train uses for `config`."""
     init_seq, shuffle_seq = np.random.SeedSequence(config.seed).spawn(2)
-    model = mlp.MLP(config.layer_sizes, activation=config.activation, init=config.init,
-                    rng=np.random.default_rng(init_seq), dtype="float64")
+    model = mlp.MLP(
+        config.layer_sizes,
+        activation=config.activation,
+        init=config.init,
+        rng=np.random.default_rng(init_seq),
+        dtype="float64",
+    )
     return model.weights, shuffle_seq
 
 
-def run_reference(config: mlp.RunConfig, data64: mlp.Dataset, blas_threads: int) -> tuple[Timing, ref.Trainer]:
+def run_reference(
+    config: mlp.RunConfig, data64: mlp.Dataset, blas_threads: int
+) -> tuple[Timing, ref.Trainer]:
     """One protocol epoch of the plain reference, from mlp_core's initial weights and shuffling."""
     weights, shuffle_seq = initial_state(config)
     model = ref.Model(weights, improved_sigmoid_on=config.activation == "improved_sigmoid")
     train, val = data64.train, data64.val
-    trainer = ref.Trainer(model, train.X[:config.n_train], train.Y[:config.n_train], val.X[:config.n_val],
-                          val.Y[:config.n_val], learning_rate=config.learning_rate, momentum=config.momentum,
-                          batch_size=config.batch_size, validations_per_epoch=config.validations_per_epoch,
-                          rng=np.random.default_rng(shuffle_seq))
+    trainer = ref.Trainer(
+        model,
+        train.X[: config.n_train],
+        train.Y[: config.n_train],
+        val.X[: config.n_val],
+        val.Y[: config.n_val],
+        learning_rate=config.learning_rate,
+        momentum=config.momentum,
+        batch_size=config.batch_size,
+        validations_per_epoch=config.validations_per_epoch,
+        rng=np.random.default_rng(shuffle_seq),
+    )
     times = []
     original = trainer.validate
 
@@ -151,13 +176,18 @@ def run_reference(config: mlp.RunConfig, data64: mlp.Dataset, blas_threads: int)
         sys0, t0 = _system_time(), time.perf_counter()
         trainer.train_epoch()
         epoch = time.perf_counter() - t0
-    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / trainer.steps_per_epoch,
-                  _system_time() - sys0), trainer
+    return Timing(
+        epoch,
+        statistics.median(times),
+        (epoch - sum(times)) / trainer.steps_per_epoch,
+        _system_time() - sys0,
+    ), trainer
 
 
 def torch_available() -> bool:
     """Whether PyTorch is installed (without importing it: importing it starts threads)."""
     import importlib.util
+
     return importlib.util.find_spec("torch") is not None
 
 
@@ -173,13 +203,15 @@ def time_torch(config: mlp.RunConfig, data: mlp.Dataset, threads: int = 1) -> Ti
     if config.activation == "sigmoid":
         f = torch.sigmoid
     else:
+
         def f(z):
             return 1.7159 * torch.tanh(z * (2.0 / 3.0))
+
     def tensor(a):
         return torch.from_numpy(np.array(a))  # a writable copy
 
-    X, y = tensor(data.train.X[:config.n_train]), tensor(data.train.labels[:config.n_train])
-    Xv, yv = tensor(data.val.X[:config.n_val]), tensor(data.val.labels[:config.n_val])
+    X, y = tensor(data.train.X[: config.n_train]), tensor(data.train.labels[: config.n_train])
+    Xv, yv = tensor(data.val.X[: config.n_val]), tensor(data.val.labels[: config.n_val])
     opt = torch.optim.SGD(W, lr=config.learning_rate, momentum=config.momentum)
     gen = torch.Generator().manual_seed(config.seed)
 
@@ -196,7 +228,7 @@ def time_torch(config: mlp.RunConfig, data: mlp.Dataset, threads: int = 1) -> Ti
     sys0, t0 = _system_time(), time.perf_counter()
     perm = torch.randperm(config.n_train, generator=gen)
     for k in range(config.steps_per_epoch):
-        idx = perm[k * bs:(k + 1) * bs]
+        idx = perm[k * bs : (k + 1) * bs]
         loss = F.cross_entropy(logits(X[idx]), y[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -208,11 +240,16 @@ def time_torch(config: mlp.RunConfig, data: mlp.Dataset, threads: int = 1) -> Ti
                 evaluate(X, y), evaluate(Xv, yv)
             times.append(time.perf_counter() - tv)
     epoch = time.perf_counter() - t0
-    return Timing(epoch, statistics.median(times), (epoch - sum(times)) / config.steps_per_epoch,
-                  _system_time() - sys0)
+    return Timing(
+        epoch,
+        statistics.median(times),
+        (epoch - sum(times)) / config.steps_per_epoch,
+        _system_time() - sys0,
+    )
 
 
 # ---- FLOPs and the machine ----------------------------------------------------------------------
+
 
 def flops(config: mlp.RunConfig) -> tuple[float, float]:
     """Matrix-product FLOPs of one training step and of one validation pass (2 per multiply-add)."""
@@ -230,7 +267,7 @@ def measured_peak_gflops(size: int = 1024, repeats: int = 5) -> float:
     with threadpool_limits(1, user_api="blas"):
         a @ a
         best = min(_timed(lambda: a @ a) for _ in range(repeats))
-    return 2 * size ** 3 / best / 1e9
+    return 2 * size**3 / best / 1e9
 
 
 def _timed(fn) -> float:
@@ -244,15 +281,21 @@ def blas_line() -> str:
     if not info:
         return "BLAS: unknown"
     i = info[0]
-    env = ", ".join(f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ)
-    return (f"BLAS: {i.get('internal_api')} {i.get('version')}, kernel {i.get('architecture')}, "
-            f"{i.get('num_threads')} threads available" + (f" ({env} set)" if env else ""))
+    env = ", ".join(
+        f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ
+    )
+    return (
+        f"BLAS: {i.get('internal_api')} {i.get('version')}, kernel {i.get('architecture')}, "
+        f"{i.get('num_threads')} threads available" + (f" ({env} set)" if env else "")
+    )
 
 
 # ---- the benchmark ------------------------------------------------------------------------------
 
-HEADER = (f"{'network':<10} {'implementation':<34} {'step µs':>8} {'eval ms':>8} {'epoch ms':>9} "
-          f"{'(range)':>13} {'sys ms':>7} {'vs ref':>7} {'× FLOP limit':>12}")
+HEADER = (
+    f"{'network':<10} {'implementation':<34} {'step µs':>8} {'eval ms':>8} {'epoch ms':>9} "
+    f"{'(range)':>13} {'sys ms':>7} {'vs ref':>7} {'× FLOP limit':>12}"
+)
 
 
 def benchmark(args) -> None:
@@ -265,19 +308,27 @@ def benchmark(args) -> None:
     print(f"Python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs")
     print(blas_line())
     peak = measured_peak_gflops()
-    print(f"float32 matmul of one BLAS thread, measured now: {peak:.0f} GFLOP/s; "
-          f"FLOP limit taken at {args.peak_gflops:g} GFLOP/s")
-    print(f"protocol epoch: {n_train:,} training and {n_val:,} validation images, batch 32, "
-          f"{VALIDATIONS} validations; medians of {args.repeats} interleaved repeats\n")
+    print(
+        f"float32 matmul of one BLAS thread, measured now: {peak:.0f} GFLOP/s; "
+        f"FLOP limit taken at {args.peak_gflops:g} GFLOP/s"
+    )
+    print(
+        f"protocol epoch: {n_train:,} training and {n_val:,} validation images, batch 32, "
+        f"{VALIDATIONS} validations; medians of {args.repeats} interleaved repeats\n"
+    )
     # Rows that start a second thread (two BLAS threads, PyTorch) are timed after all single-threaded
     # ones: once the process had run a second thread, the allocation-heavy reference's steps took
     # three times as long here, the extra time all spent in the kernel (freeing memory costs much
     # more in a process whose threads have run on both cores).
-    configs = {name: mlp.RunConfig(layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=1)
-               for name in args.networks}
-    single = {"reference (plain numpy, float64)": lambda c: run_reference(c, data64, 1)[0],
-              "mlp_core float64": lambda c: time_mlp_core(c.replace(dtype="float64"), data64, 1)[0],
-              "mlp_core float32 (default)": lambda c: time_mlp_core(c, data32, 1)[0]}
+    configs = {
+        name: mlp.RunConfig(layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=1)
+        for name in args.networks
+    }
+    single = {
+        "reference (plain numpy, float64)": lambda c: run_reference(c, data64, 1)[0],
+        "mlp_core float64": lambda c: time_mlp_core(c.replace(dtype="float64"), data64, 1)[0],
+        "mlp_core float32 (default)": lambda c: time_mlp_core(c, data32, 1)[0],
+    }
     threaded = {}
     if two_threads:
         threaded["mlp_core float32, blas_threads=2"] = lambda c: time_mlp_core(c, data32, 2)[0]
@@ -299,23 +350,33 @@ def benchmark(args) -> None:
     print("-" * len(HEADER))
     for name, config in configs.items():
         step_flops, eval_flops = flops(config)
-        limit = (config.steps_per_epoch * step_flops + VALIDATIONS * eval_flops) / (args.peak_gflops * 1e9)
-        ref_epoch = statistics.median(t.epoch for t in timings[name]["reference (plain numpy, float64)"])
+        limit = (config.steps_per_epoch * step_flops + VALIDATIONS * eval_flops) / (
+            args.peak_gflops * 1e9
+        )
+        ref_epoch = statistics.median(
+            t.epoch for t in timings[name]["reference (plain numpy, float64)"]
+        )
         for label, ts in timings[name].items():
             epoch = statistics.median(t.epoch for t in ts)
             step = statistics.median(t.step for t in ts)
             ev = statistics.median(t.eval_pass for t in ts)
             spread = f"{min(t.epoch for t in ts) * 1e3:.0f}-{max(t.epoch for t in ts) * 1e3:.0f}"
             system = statistics.median(t.system for t in ts)
-            print(f"{name:<10} {label:<34} {step * 1e6:8.1f} {ev * 1e3:8.1f} {epoch * 1e3:9.1f} {spread:>13} "
-                  f"{system * 1e3:7.0f} {ref_epoch / epoch:6.2f}× {epoch / limit:11.2f}×")
-        print(f"{name:<10} {'FLOP limit':<34} {step_flops / args.peak_gflops / 1e3:8.1f} "
-              f"{eval_flops / args.peak_gflops / 1e6:8.1f} {limit * 1e3:9.1f}")
+            print(
+                f"{name:<10} {label:<34} {step * 1e6:8.1f} {ev * 1e3:8.1f} {epoch * 1e3:9.1f} {spread:>13} "
+                f"{system * 1e3:7.0f} {ref_epoch / epoch:6.2f}× {epoch / limit:11.2f}×"
+            )
+        print(
+            f"{name:<10} {'FLOP limit':<34} {step_flops / args.peak_gflops / 1e3:8.1f} "
+            f"{eval_flops / args.peak_gflops / 1e6:8.1f} {limit * 1e3:9.1f}"
+        )
         print()
 
     agreement(args, data32, data64)
     if not args.no_memory:
-        from measure_memory import NETWORKS as MEM_NETWORKS, measure, table
+        from measure_memory import NETWORKS as MEM_NETWORKS
+        from measure_memory import measure, table
+
         print(table({n: measure(MEM_NETWORKS[n]) for n in args.networks}, "float32", 1))
 
 
@@ -324,25 +385,35 @@ def agreement(args, data32: mlp.Dataset, data64: mlp.Dataset) -> None:
     mlp_core float64 (same initial weights, same shuffling)."""
     epochs = 1 if args.quick else args.agree_epochs
     n_train, n_val = len(data32.train), len(data32.val)
-    print(f"Agreement (seed 0; per-step batch losses over the first epoch; final metrics after {epochs} epoch(s)):")
-    print(f"{'network':<10} {'compared':<28} {'max rel. diff, step losses':>27} {'final val acc diff':>19} "
-          f"{'final val loss rel. diff':>25}")
+    print(
+        f"Agreement (seed 0; per-step batch losses over the first epoch; final metrics after {epochs} epoch(s)):"
+    )
+    print(
+        f"{'network':<10} {'compared':<28} {'max rel. diff, step losses':>27} {'final val acc diff':>19} "
+        f"{'final val loss rel. diff':>25}"
+    )
     for name in args.networks:
-        config = mlp.RunConfig(layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=epochs)
+        config = mlp.RunConfig(
+            layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=epochs
+        )
         h32 = mlp.train(config, data32, progress=False)
         h64 = mlp.train(config.replace(dtype="float64"), data64, progress=False)
         spe = config.steps_per_epoch
         a, b = np.asarray(h32.train_loss[:spe]), np.asarray(h64.train_loss[:spe])
-        print(f"{name:<10} {'mlp_core float32 vs float64':<28} {np.max(np.abs(a - b) / np.abs(b)):27.2e} "
-              f"{abs(h32.final['val_acc'] - h64.final['val_acc']):19.4f} "
-              f"{abs(h32.final['val_loss'] - h64.final['val_loss']) / h64.final['val_loss']:25.2e}")
+        print(
+            f"{name:<10} {'mlp_core float32 vs float64':<28} {np.max(np.abs(a - b) / np.abs(b)):27.2e} "
+            f"{abs(h32.final['val_acc'] - h64.final['val_acc']):19.4f} "
+            f"{abs(h32.final['val_loss'] - h64.final['val_loss']) / h64.final['val_loss']:25.2e}"
+        )
         _, trainer = run_reference(config, data64, 1)
         h1 = mlp.train(config.replace(dtype="float64", max_epochs=1), data64, progress=False)
         r = np.asarray(trainer.train_loss)
         b = np.asarray(h1.train_loss[:spe])
-        print(f"{name:<10} {'reference vs mlp_core f64':<28} {np.max(np.abs(r - b) / np.abs(b)):27.2e} "
-              f"{abs(trainer.val_acc[-1] - h1.val_acc[len(trainer.val_acc) - 1]):19.4f} "
-              f"{abs(trainer.val_loss[-1] - h1.val_loss[len(trainer.val_loss) - 1]) / h1.val_loss[-1]:25.2e}")
+        print(
+            f"{name:<10} {'reference vs mlp_core f64':<28} {np.max(np.abs(r - b) / np.abs(b)):27.2e} "
+            f"{abs(trainer.val_acc[-1] - h1.val_acc[len(trainer.val_acc) - 1]):19.4f} "
+            f"{abs(trainer.val_loss[-1] - h1.val_loss[len(trainer.val_loss) - 1]) / h1.val_loss[-1]:25.2e}"
+        )
     print("(reference rows: the last validation of the first epoch instead of final metrics)\n")
 
 
@@ -364,7 +435,9 @@ def git_source(ref: str, path: str = "mlp_core.py") -> tuple[str, str]:
     message for people) when git does not know `ref` or the commit has no such file."""
     found = _git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}")
     if found.returncode != 0:
-        raise ValueError(f"--against {ref!r}: no such commit in {REPO} (try a hash from `git log --oneline`)")
+        raise ValueError(
+            f"--against {ref!r}: no such commit in {REPO} (try a hash from `git log --oneline`)"
+        )
     commit = found.stdout.strip()
     shown = _git("show", f"{commit}:{path}")
     if shown.returncode != 0:
@@ -381,7 +454,12 @@ def load_core_at(ref: str) -> types.ModuleType:
     if name in sys.modules:
         return sys.modules[name]
     filename = str(REPO / f"mlp_core.py@{commit[:7]}")
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)  # for tracebacks
+    linecache.cache[filename] = (
+        len(source),
+        None,
+        source.splitlines(True),
+        filename,
+    )  # for tracebacks
     module = types.ModuleType(name, f"mlp_core.py of commit {commit}")
     module.__file__ = filename
     sys.modules[name] = module  # before exec: @dataclass looks the class's module up in sys.modules
@@ -389,12 +467,16 @@ def load_core_at(ref: str) -> types.ModuleType:
         exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 (the project's own history)
     except Exception as exc:
         del sys.modules[name]
-        raise ValueError(f"--against {ref!r}: the mlp_core.py of commit {commit[:7]} does not import here "
-                         f"({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"--against {ref!r}: the mlp_core.py of commit {commit[:7]} does not import here "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
     missing = [attr for attr in CORE_API if not hasattr(module, attr)]
     if missing:
-        raise ValueError(f"--against {ref!r}: the mlp_core.py of commit {commit[:7]} has no "
-                         f"{', '.join(missing)}, so its epochs cannot be timed the same way")
+        raise ValueError(
+            f"--against {ref!r}: the mlp_core.py of commit {commit[:7]} has no "
+            f"{', '.join(missing)}, so its epochs cannot be timed the same way"
+        )
     return module
 
 
@@ -403,7 +485,9 @@ def core_config(core: types.ModuleType, config: mlp.RunConfig):
     known = {f.name for f in dataclasses.fields(core.RunConfig)}
     changed = {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != f.default}
     if changed - known:
-        raise ValueError(f"the compared mlp_core's RunConfig has no {', '.join(sorted(changed - known))}")
+        raise ValueError(
+            f"the compared mlp_core's RunConfig has no {', '.join(sorted(changed - known))}"
+        )
     return core.RunConfig(**{k: v for k, v in dataclasses.asdict(config).items() if k in known})
 
 
@@ -411,6 +495,7 @@ def core_config(core: types.ModuleType, config: mlp.RunConfig):
 class SideBySide:
     """The epochs of one network, timed alternately with the earlier and today's mlp_core, and the
     last run of each (every repeat takes the same steps)."""
+
     old: list[Timing]
     new: list[Timing]
     old_run: object  # the earlier mlp_core's History
@@ -418,8 +503,9 @@ class SideBySide:
 
     def ratio(self, attr: str = "epoch") -> float:
         """today / earlier, of the medians of a Timing field."""
-        return (statistics.median(getattr(t, attr) for t in self.new)
-                / statistics.median(getattr(t, attr) for t in self.old))
+        return statistics.median(getattr(t, attr) for t in self.new) / statistics.median(
+            getattr(t, attr) for t in self.old
+        )
 
     def paired_ratios(self) -> list[float]:
         """today / earlier epoch time, repeat by repeat."""
@@ -432,18 +518,23 @@ class SideBySide:
             return f"differ ({len(a)} and {len(b)} steps)"
         if not np.array_equal(a, b):
             return f"differ (losses: max rel. diff {np.max(np.abs(a - b) / np.abs(b)):.1e})"
-        same = all(np.array_equal(x, y) for x, y in zip(self.new_run.weights, self.old_run.weights, strict=True))
+        same = all(
+            np.array_equal(x, y)
+            for x, y in zip(self.new_run.weights, self.old_run.weights, strict=True)
+        )
         return "bit-identical" if same else "same losses, weights differ"
 
 
-def side_by_side(old: types.ModuleType, config: mlp.RunConfig, data: mlp.Dataset, repeats: int) -> SideBySide:
+def side_by_side(
+    old: types.ModuleType, config: mlp.RunConfig, data: mlp.Dataset, repeats: int
+) -> SideBySide:
     """One protocol epoch of each mlp_core, after a warm-up, `repeats` times, alternating which runs first."""
     cores = {"old": (old, core_config(old, config)), "new": (mlp, config)}
     for core, c in cores.values():
         time_mlp_core(c, data, 1, core)
     timings, runs = {"old": [], "new": []}, {}
     for r in range(repeats):
-        for which in (("old", "new") if r % 2 == 0 else ("new", "old")):
+        for which in ("old", "new") if r % 2 == 0 else ("new", "old"):
             core, c = cores[which]
             timing, runs[which] = time_mlp_core(c, data, 1, core)
             timings[which].append(timing)
@@ -456,53 +547,87 @@ def compare_with(args) -> None:
     ref = old.__name__.removeprefix("mlp_core_at_")
     n_train, n_val = (1600, 800) if args.quick else (20_000, 10_000)
     data = mlp.prepare_data(n_train, "float32", n_val)
-    print(f"Python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f} (1 min) at the start")
+    print(
+        f"Python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f} (1 min) at the start"
+    )
     print(blas_line())
-    print(f"protocol epoch: {n_train:,} training and {n_val:,} validation images, batch 32, {VALIDATIONS} "
-          f"validations, float32, one BLAS thread, seed 0; medians of {args.repeats} interleaved repeats\n")
+    print(
+        f"protocol epoch: {n_train:,} training and {n_val:,} validation images, batch 32, {VALIDATIONS} "
+        f"validations, float32, one BLAS thread, seed 0; medians of {args.repeats} interleaved repeats\n"
+    )
     results = {}
     for name in args.networks:
         print(f"timing {name}: {ref} and today", file=sys.stderr, flush=True)
-        config = mlp.RunConfig(layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=1)
+        config = mlp.RunConfig(
+            layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=1
+        )
         results[name] = side_by_side(old, config, data, args.repeats)
     print(side_by_side_table(results, ref))
     network, tolerance = REQUIRED
     if network in results:
         ratio = results[network].ratio()
-        print(f"\nRequirement: today's {network} float32 protocol epoch at most {tolerance:.0%} slower than "
-              f"{ref}'s: {'met' if ratio <= 1 + tolerance else 'NOT met'} (today/{ref} = {ratio:.3f})")
+        print(
+            f"\nRequirement: today's {network} float32 protocol epoch at most {tolerance:.0%} slower than "
+            f"{ref}'s: {'met' if ratio <= 1 + tolerance else 'NOT met'} (today/{ref} = {ratio:.3f})"
+        )
 
 
 def side_by_side_table(results: dict[str, SideBySide], ref: str) -> str:
     ratio = f"today/{ref}"
-    header = (f"{'network':<10} {ref + ' ms':>11} {'today ms':>9} {ratio:>14} {'per repeat':>11} "
-              f"{'steps':>6} {'validations':>11}  training")
-    lines = [f"One protocol epoch of train(), today's mlp_core against {ref}'s:", header, "-" * len(header)]
+    header = (
+        f"{'network':<10} {ref + ' ms':>11} {'today ms':>9} {ratio:>14} {'per repeat':>11} "
+        f"{'steps':>6} {'validations':>11}  training"
+    )
+    lines = [
+        f"One protocol epoch of train(), today's mlp_core against {ref}'s:",
+        header,
+        "-" * len(header),
+    ]
     for name, r in results.items():
         paired = r.paired_ratios()
-        lines.append(f"{name:<10} {statistics.median(t.epoch for t in r.old) * 1e3:11.1f} "
-                     f"{statistics.median(t.epoch for t in r.new) * 1e3:9.1f} {r.ratio():14.3f} "
-                     f"{f'{min(paired):.2f}-{max(paired):.2f}':>11} {r.ratio('step'):6.3f} "
-                     f"{r.ratio('eval_pass'):11.3f}  {r.training()}")
-    lines.append(f"({ratio}: of the median times of the epoch, of a training step, of a validation pass; "
-                 f"per repeat: the lowest and highest")
-    lines.append(" of the epochs' ratios. training bit-identical: the same batch losses and weights after the epoch)")
+        lines.append(
+            f"{name:<10} {statistics.median(t.epoch for t in r.old) * 1e3:11.1f} "
+            f"{statistics.median(t.epoch for t in r.new) * 1e3:9.1f} {r.ratio():14.3f} "
+            f"{f'{min(paired):.2f}-{max(paired):.2f}':>11} {r.ratio('step'):6.3f} "
+            f"{r.ratio('eval_pass'):11.3f}  {r.training()}"
+        )
+    lines.append(
+        f"({ratio}: of the median times of the epoch, of a training step, of a validation pass; "
+        f"per repeat: the lowest and highest"
+    )
+    lines.append(
+        " of the epochs' ratios. training bit-identical: the same batch losses and weights after the epoch)"
+    )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="small data, one repeat, no memory runs: a few seconds")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="repeats per implementation (default 5, with --against 15; 1 with --quick)")
+    p.add_argument(
+        "--quick", action="store_true", help="small data, one repeat, no memory runs: a few seconds"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="repeats per implementation (default 5, with --against 15; 1 with --quick)",
+    )
     p.add_argument("--networks", nargs="+", choices=list(NETWORKS), default=list(NETWORKS))
-    p.add_argument("--peak-gflops", type=float, default=190.0, help="float32 matmul peak for the FLOP limit")
-    p.add_argument("--agree-epochs", type=int, default=3, help="epochs of the float32/float64 agreement runs")
+    p.add_argument(
+        "--peak-gflops", type=float, default=190.0, help="float32 matmul peak for the FLOP limit"
+    )
+    p.add_argument(
+        "--agree-epochs", type=int, default=3, help="epochs of the float32/float64 agreement runs"
+    )
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch row")
     p.add_argument("--no-memory", action="store_true", help="leave out the peak-memory runs")
-    p.add_argument("--against", metavar="REF", help="instead: time today's mlp_core beside that of the git "
-                   "commit REF (e.g. 78208ef), float32, in this one process")
+    p.add_argument(
+        "--against",
+        metavar="REF",
+        help="instead: time today's mlp_core beside that of the git "
+        "commit REF (e.g. 78208ef), float32, in this one process",
+    )
     args = p.parse_args(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 15 if args.against else 5

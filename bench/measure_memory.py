@@ -9,6 +9,7 @@ data is loaded and prepared, the resident size after that, and the peak during t
 kernel's high-water mark is reset just before training, where Linux allows it). The peak of the
 whole process is what a notebook kernel that trains this network would reach.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,11 +67,24 @@ def child(layer_sizes: tuple[int, ...], epochs: int, dtype: str) -> dict:
     return out
 
 
-def measure(layer_sizes: tuple[int, ...], epochs: int = 1, dtype: str = "float32", timeout: float = 600) -> dict:
+def measure(
+    layer_sizes: tuple[int, ...], epochs: int = 1, dtype: str = "float32", timeout: float = 600
+) -> dict:
     """Run `child` in a fresh interpreter and return its figures (MB)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--network",
-           ",".join(map(str, layer_sizes)), "--epochs", str(epochs), "--dtype", dtype]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        "--network",
+        ",".join(map(str, layer_sizes)),
+        "--epochs",
+        str(epochs),
+        "--dtype",
+        dtype,
+    ]
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+    )
     if done.returncode != 0:
         raise RuntimeError(f"memory measurement of {layer_sizes} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -78,18 +92,26 @@ def measure(layer_sizes: tuple[int, ...], epochs: int = 1, dtype: str = "float32
 
 def table(results: dict[str, dict], dtype: str, epochs: int) -> str:
     fmt = lambda v: "n/a" if v is None else f"{v:,.0f}"  # noqa: E731
-    lines = [f"Peak memory (RSS, MB) of a training run in a fresh process ({dtype}, {epochs} epoch(s)):",
-             f"{'network':<11} {'after import':>12} {'peak, data':>11} {'after data':>11} "
-             f"{'peak, training':>15} {'peak, process':>14}"]
+    lines = [
+        f"Peak memory (RSS, MB) of a training run in a fresh process ({dtype}, {epochs} epoch(s)):",
+        f"{'network':<11} {'after import':>12} {'peak, data':>11} {'after data':>11} "
+        f"{'peak, training':>15} {'peak, process':>14}",
+    ]
     for name, r in results.items():
-        lines.append(f"{name:<11} {fmt(r['after_import']):>12} {fmt(r['peak_data']):>11} {fmt(r['after_data']):>11} "
-                     f"{fmt(r['peak_training']):>15} {fmt(r['peak_process']):>14}")
+        lines.append(
+            f"{name:<11} {fmt(r['after_import']):>12} {fmt(r['peak_data']):>11} {fmt(r['after_data']):>11} "
+            f"{fmt(r['peak_training']):>15} {fmt(r['peak_process']):>14}"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--network", action="append", help="layer sizes, e.g. 64,10 (repeatable); default: all three")
+    p.add_argument(
+        "--network",
+        action="append",
+        help="layer sizes, e.g. 64,10 (repeatable); default: all three",
+    )
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -98,7 +120,11 @@ def main(argv=None) -> int:
         sizes = tuple(int(s) for s in args.network[0].split(","))
         print(json.dumps(child(sizes, args.epochs, args.dtype)))
         return 0
-    nets = ({f"[{n}]": tuple(int(s) for s in n.split(",")) for n in args.network} if args.network else NETWORKS)
+    nets = (
+        {f"[{n}]": tuple(int(s) for s in n.split(",")) for n in args.network}
+        if args.network
+        else NETWORKS
+    )
     results = {name: measure(sizes, args.epochs, args.dtype) for name, sizes in nets.items()}
     print(table(results, args.dtype, args.epochs))
     return 0

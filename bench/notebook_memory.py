@@ -15,6 +15,7 @@ store is deleted afterwards). Set MLP_MEMORY_KEEP_STORE=1 to use the project's r
 (then stored runs are loaded, not trained).
 Linux only.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,19 +66,24 @@ def _watch_workers():
 _threading.Thread(target=_watch_workers, name="worker-memory-watch", daemon=True).start()
 '''
 
-PROBE = r'''
+PROBE = r"""
 import json as _json
 _kernel_peak = next(int(line.split()[1]) / 1024 for line in _Path("/proc/self/status").read_text().splitlines()
                     if line.startswith("VmHWM:"))
 print("MEMORY-PROBE " + _json.dumps({"kernel": _kernel_peak, "workers": sorted(_WORKER_PEAKS.values())}))
-'''
+"""
 
 
 def _environment(scratch: Path) -> None:
     """Caches in the project (never $HOME), as the report build sets them, and an empty run store in
     `scratch` unless MLP_MEMORY_KEEP_STORE=1."""
-    for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython"), ("JUPYTER_CONFIG_DIR", "jupyter/config"),
-                     ("JUPYTER_DATA_DIR", "jupyter/data"), ("JUPYTER_RUNTIME_DIR", "jupyter/runtime")):
+    for var, sub in (
+        ("MPLCONFIGDIR", "matplotlib"),
+        ("IPYTHONDIR", "ipython"),
+        ("JUPYTER_CONFIG_DIR", "jupyter/config"),
+        ("JUPYTER_DATA_DIR", "jupyter/data"),
+        ("JUPYTER_RUNTIME_DIR", "jupyter/runtime"),
+    ):
         os.environ.setdefault(var, str(REPO / ".cache" / sub))
         Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -92,15 +98,21 @@ def measure(path: Path, scratch: Path) -> tuple[float, dict]:
     nb.cells.insert(0, nbformat.v4.new_code_cell(WATCH))
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
     # over IPC, as the report build runs its kernels (over TCP, every kernel warns that it is unencrypted)
-    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(scratch / path.stem.split("_")[0]))
+    km = KernelManager(
+        kernel_name="python3", transport="ipc", ip=str(scratch / path.stem.split("_")[0])
+    )
     t0 = time.perf_counter()
     try:
-        NotebookClient(nb, km=km, timeout=None, resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(
+            nb, km=km, timeout=None, resources={"metadata": {"path": str(path.parent)}}
+        ).execute()
         seconds = time.perf_counter() - t0
     finally:
         if km.has_kernel:  # a kernel manager passed in is ours to shut down
             km.shutdown_kernel()
-    text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream")
+    text = "".join(
+        o.get("text", "") for o in nb.cells[-1].outputs if o.get("output_type") == "stream"
+    )
     if "MEMORY-PROBE " not in text:
         raise RuntimeError(f"{path.name}: the memory probe printed nothing (is this Linux?)")
     return seconds, json.loads(text.split("MEMORY-PROBE ", 1)[1])
@@ -108,22 +120,32 @@ def measure(path: Path, scratch: Path) -> tuple[float, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     wanted = sys.argv[1:] if argv is None else argv
-    paths = [p for p in sorted((REPO / "notebooks").glob("task*.ipynb")) if not wanted or any(w in p.name for w in wanted)]
+    paths = [
+        p
+        for p in sorted((REPO / "notebooks").glob("task*.ipynb"))
+        if not wanted or any(w in p.name for w in wanted)
+    ]
     if not paths:
         print(f"no task notebook matches {wanted}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="mlp-memory-") as scratch:
         _environment(Path(scratch))
-        print(f"{'notebook':40s} {'seconds':>8s} {'kernel peak MB':>15s} {'workers':>8s} {'worker peak MB':>15s}")
+        print(
+            f"{'notebook':40s} {'seconds':>8s} {'kernel peak MB':>15s} {'workers':>8s} {'worker peak MB':>15s}"
+        )
         worst = 0.0
         for path in paths:
             seconds, probe = measure(path, Path(scratch))
             workers = probe["workers"]
             worker_peak = f"{max(workers):.0f}" if workers else "-"
             worst = max(worst, probe["kernel"])
-            print(f"{path.name:40s} {seconds:8.1f} {probe['kernel']:15.0f} {len(workers):8d} {worker_peak:>15s}",
-                  flush=True)
-    print(f"largest kernel peak: {worst:.0f} MB (target <= {LIMIT_MB:.0f} MB: {'met' if worst <= LIMIT_MB else 'NOT met'})")
+            print(
+                f"{path.name:40s} {seconds:8.1f} {probe['kernel']:15.0f} {len(workers):8d} {worker_peak:>15s}",
+                flush=True,
+            )
+    print(
+        f"largest kernel peak: {worst:.0f} MB (target <= {LIMIT_MB:.0f} MB: {'met' if worst <= LIMIT_MB else 'NOT met'})"
+    )
     return 0
 
 

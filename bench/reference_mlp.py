@@ -7,6 +7,7 @@ accuracy) computed in three separate forward passes. It follows the same mathema
 optional momentum, reshuffling every epoch, dropping the last incomplete batch), so that given the
 same initial weights and the same shuffling generator it takes the same steps.
 """
+
 import numpy as np
 
 
@@ -23,7 +24,7 @@ def improved_sigmoid(z):
 
 
 def improved_sigmoid_derivative(a):
-    return (2.0 / 3.0) / 1.7159 * (1.7159 ** 2 - a ** 2)
+    return (2.0 / 3.0) / 1.7159 * (1.7159**2 - a**2)
 
 
 def softmax(z):
@@ -75,8 +76,19 @@ def validation_loss(X, targets, model):
 class Trainer:
     """One run of the protocol. `rng` shuffles the training set at the start of every epoch."""
 
-    def __init__(self, model, X_train, Y_train, X_val, Y_val, learning_rate=0.1, momentum=0.0,
-                 batch_size=32, validations_per_epoch=5, rng=None):
+    def __init__(
+        self,
+        model,
+        X_train,
+        Y_train,
+        X_val,
+        Y_val,
+        learning_rate=0.1,
+        momentum=0.0,
+        batch_size=32,
+        validations_per_epoch=5,
+        rng=None,
+    ):
         self.model = model
         self.X_train, self.Y_train, self.X_val, self.Y_val = X_train, Y_train, X_val, Y_val
         self.learning_rate, self.momentum, self.batch_size = learning_rate, momentum, batch_size
@@ -108,8 +120,8 @@ class Trainer:
         order = self.rng.permutation(len(self.X_train))
         X, Y = self.X_train[order], self.Y_train[order]
         for k in range(self.steps_per_epoch):
-            X_batch = X[k * self.batch_size:(k + 1) * self.batch_size]
-            Y_batch = Y[k * self.batch_size:(k + 1) * self.batch_size]
+            X_batch = X[k * self.batch_size : (k + 1) * self.batch_size]
+            Y_batch = Y[k * self.batch_size : (k + 1) * self.batch_size]
             self.train_loss.append(self.train_step(X_batch, Y_batch))
             if validate and self.step % self.interval == 0:
                 self.validate()

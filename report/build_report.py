@@ -28,7 +28,6 @@ import asyncio
 import copy
 import datetime as dt
 import hashlib
-import html
 import json
 import os
 import re
@@ -43,13 +42,18 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS, REPORT = REPO / "notebooks", REPO / "report"
-BUILD = Path(os.environ.get("MLP_REPORT_BUILD") or REPORT / "build")  # executed notebooks, the merged notebook, report.tex
+BUILD = Path(
+    os.environ.get("MLP_REPORT_BUILD") or REPORT / "build"
+)  # executed notebooks, the merged notebook, report.tex
 TEMPLATES = REPORT / "templates"
 CACHE = REPO / ".cache"
 TITLE = "Multi Layer Networks"
 SUBTITLE = "Assignment 2: a multi-layer perceptron for MNIST, from scratch in numpy"
 COURSE = "TDT4265 Computer Vision and Deep Learning"
-WIDGET_MIME = ("application/vnd.jupyter.widget-view+json", "application/vnd.jupyter.widget-state+json")
+WIDGET_MIME = (
+    "application/vnd.jupyter.widget-view+json",
+    "application/vnd.jupyter.widget-state+json",
+)
 
 
 def say(text: str) -> None:
@@ -59,17 +63,28 @@ def say(text: str) -> None:
 def _environment() -> None:
     """Caches in the project (never $HOME); what the notebooks' kernels inherit; quiet libraries."""
     import logging
+
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # kernels killed by Ctrl-C are expected
-    for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython"), ("JUPYTER_CONFIG_DIR", "jupyter/config"),
-                     ("JUPYTER_DATA_DIR", "jupyter/data"), ("JUPYTER_RUNTIME_DIR", "jupyter/runtime")):
+    for var, sub in (
+        ("MPLCONFIGDIR", "matplotlib"),
+        ("IPYTHONDIR", "ipython"),
+        ("JUPYTER_CONFIG_DIR", "jupyter/config"),
+        ("JUPYTER_DATA_DIR", "jupyter/data"),
+        ("JUPYTER_RUNTIME_DIR", "jupyter/runtime"),
+    ):
         os.environ.setdefault(var, str(CACHE / sub))
         Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
-    os.environ["MLP_STRICT"] = "0"  # kernels only note unsupported claims; the build decides what they mean
-    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures as outputs, whatever the caller set
+    os.environ["MLP_STRICT"] = (
+        "0"  # kernels only note unsupported claims; the build decides what they mean
+    )
+    os.environ["MPLBACKEND"] = (
+        "module://matplotlib_inline.backend_inline"  # figures as outputs, whatever the caller set
+    )
     os.environ["PYDEVD_DISABLE_FILE_VALIDATION"] = "1"  # no debugger chatter from the kernels
 
 
 # ---- 1. the plan ----------------------------------------------------------------------------------------
+
 
 def notebook_experiments(path: Path):
     """Run a notebook's `experiments` cell on its own and return its EXPERIMENTS."""
@@ -77,6 +92,7 @@ def notebook_experiments(path: Path):
 
     import mlp_core
     import mlp_report
+
     nb = nbformat.read(path, as_version=4)
     cells = [c for c in nb.cells if "experiments" in c.metadata.get("tags", [])]
     namespace = {"mlp": mlp_core, "rep": mlp_report}
@@ -88,6 +104,7 @@ def notebook_experiments(path: Path):
 def train_plan(paths: list[Path], fresh: bool) -> dict:
     """Train every run the notebooks need that the store does not hold; returns counts for the summary."""
     import mlp_runs
+
     configs = []
     for path in paths:
         exps = notebook_experiments(path)
@@ -99,15 +116,23 @@ def train_plan(paths: list[Path], fresh: bool) -> dict:
             store.path(config).unlink(missing_ok=True)
     stored = sum(config in store for config in unique)
     folder = store.folder.relative_to(REPO) if store.folder.is_relative_to(REPO) else store.folder
-    say(f"Plan: {len(unique)} runs for {len(paths)} notebooks; {stored} in the run store ({folder}), {len(unique) - stored} to train.")
+    say(
+        f"Plan: {len(unique)} runs for {len(paths)} notebooks; {stored} in the run store ({folder}), {len(unique) - stored} to train."
+    )
     t0 = time.perf_counter()
     # every run goes through run_experiments: a damaged stored entry is then named and retrained here
     histories = mlp_runs.run_experiments(list(unique.values()), store=store, desc="training")
-    return {"runs": len(unique), "trained": len(unique) - stored, "reused": stored,
-            "train_seconds": time.perf_counter() - t0, "failed": [h.config.label for h in histories if not h.completed]}
+    return {
+        "runs": len(unique),
+        "trained": len(unique) - stored,
+        "reused": stored,
+        "train_seconds": time.perf_counter() - t0,
+        "failed": [h.config.label for h in histories if not h.completed],
+    }
 
 
 # ---- 2. executing the notebooks ---------------------------------------------------------------------------
+
 
 def project_modules(text: str, found: set[str] | None = None) -> set[str]:
     """The project's modules that code importing them needs, found from its `import` lines."""
@@ -123,8 +148,11 @@ def source_key(path: Path, smoke: bool) -> str:
     """What an executed notebook depends on: its source, the project modules it imports (whose code
     covers the run store's keys) and the settings. Strict mode changes nothing a build keeps."""
     import nbformat
+
     digest = hashlib.sha256(path.read_bytes())
-    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+    code = "\n".join(
+        c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"
+    )
     for module in sorted(project_modules(code)):
         digest.update((REPO / f"{module}.py").read_bytes())
     digest.update(json.dumps([smoke, os.environ.get("MLP_SEEDS", "")]).encode())
@@ -140,6 +168,7 @@ async def _execute(path: Path, out: Path, kernels: list, stopping) -> float:
     from jupyter_client.manager import AsyncKernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
+
     nb = nbformat.read(path, as_version=4)
     if stopping.is_set():  # Ctrl-C came: start no more kernels
         raise asyncio.CancelledError
@@ -147,7 +176,9 @@ async def _execute(path: Path, out: Path, kernels: list, stopping) -> float:
     ipc = Path(os.environ["JUPYTER_RUNTIME_DIR"]) / f"mlp-{os.getpid()}-{path.stem.split('_')[0]}"
     km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(ipc))
     kernels.append(km)
-    client = NotebookClient(nb, km=km, timeout=None, resources={"metadata": {"path": str(NOTEBOOKS)}})
+    client = NotebookClient(
+        nb, km=km, timeout=None, resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
     t0 = time.perf_counter()
     try:
         await client.async_execute()
@@ -160,7 +191,9 @@ async def _execute(path: Path, out: Path, kernels: list, stopping) -> float:
     return time.perf_counter() - t0
 
 
-async def _execute_all(todo: list[tuple[Path, Path]], jobs: int, kernels: list, stopping) -> dict[str, float]:
+async def _execute_all(
+    todo: list[tuple[Path, Path]], jobs: int, kernels: list, stopping
+) -> dict[str, float]:
     semaphore, seconds = asyncio.Semaphore(jobs), {}
 
     async def one(path: Path, out: Path):
@@ -168,6 +201,7 @@ async def _execute_all(todo: list[tuple[Path, Path]], jobs: int, kernels: list, 
             say(f"  executing {path.stem} …")
             seconds[path.stem] = await _execute(path, out, kernels, stopping)
             say(f"  executed {path.stem} in {seconds[path.stem]:.1f} s")
+
     await asyncio.gather(*(one(path, out) for path, out in todo))
     return seconds
 
@@ -176,6 +210,7 @@ def execute_notebooks(paths: list[Path], smoke: bool, jobs: int) -> tuple[list, 
     """Execute the notebooks that changed since the last build; returns the executed notebooks (in
     order) and per-notebook seconds (None for a notebook reused from the last build)."""
     import nbformat
+
     cache = BUILD / "executed"
     cache.mkdir(parents=True, exist_ok=True)
     outs = {p: cache / f"{p.stem}-{source_key(p, smoke)[:20]}.ipynb" for p in paths}
@@ -185,10 +220,18 @@ def execute_notebooks(paths: list[Path], smoke: bool, jobs: int) -> tuple[list, 
             if old != out:
                 old.unlink()
     kernels: list = []
-    say(f"Notebooks: {len(paths) - len(todo)} unchanged since the last build, {len(todo)} to execute.")
+    say(
+        f"Notebooks: {len(paths) - len(todo)} unchanged since the last build, {len(todo)} to execute."
+    )
     stopping = threading.Event()
-    seconds = run_interruptibly(lambda: _execute_all(todo, jobs, kernels, stopping), kernels, stopping) if todo else {}
-    return [nbformat.read(outs[p], as_version=4) for p in paths], {p.stem: seconds.get(p.stem) for p in paths}
+    seconds = (
+        run_interruptibly(lambda: _execute_all(todo, jobs, kernels, stopping), kernels, stopping)
+        if todo
+        else {}
+    )
+    return [nbformat.read(outs[p], as_version=4) for p in paths], {
+        p.stem: seconds.get(p.stem) for p in paths
+    }
 
 
 def run_interruptibly(make_coroutine, kernels: list, stopping):
@@ -202,6 +245,7 @@ def run_interruptibly(make_coroutine, kernels: list, stopping):
             outcome["result"] = loop.run_until_complete(make_coroutine())
         except BaseException as exc:  # handed to the main thread
             outcome["error"] = exc
+
     thread = threading.Thread(target=run, name="notebooks", daemon=True)
     thread.start()
     try:
@@ -238,6 +282,7 @@ def _kill_kernels(kernels: list) -> None:
 
 # ---- 3. merging and exporting ------------------------------------------------------------------------------
 
+
 def write_atomic(target: Path, data: str | bytes) -> None:
     """Write a file so that a reader sees the old or the new content, never half of it."""
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -261,33 +306,49 @@ def clean_outputs(cell) -> None:
             for mime in WIDGET_MIME:
                 out.get("data", {}).pop(mime, None)
             text = out.get("data", {}).get("text/plain", "")
-            if not out.get("data") or (set(out["data"]) == {"text/plain"} and text.startswith(
-                    ("HBox(", "VBox(", "IntProgress(", "FloatProgress(", "Output("))):
+            if not out.get("data") or (
+                set(out["data"]) == {"text/plain"}
+                and text.startswith(("HBox(", "VBox(", "IntProgress(", "FloatProgress(", "Output("))
+            ):
                 continue
         kept.append(out)
     cell["outputs"] = kept
 
 
 def unsupported_claims(nb) -> list[str]:
-    return [out["metadata"]["mlp_claim"]["claim"] for cell in nb.cells if cell.cell_type == "code"
-            for out in cell.outputs if "mlp_claim" in out.get("metadata", {})]
+    return [
+        out["metadata"]["mlp_claim"]["claim"]
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if "mlp_claim" in out.get("metadata", {})
+    ]
 
 
 def strict_failures(paths: list[Path], notebooks: list) -> list[str]:
     """Under --strict, the unsupported claims of the notebooks (executed now or reused), as errors."""
-    return [f"{path.name}: claim not supported by these runs: {claim!r}" for path, nb in zip(paths, notebooks)
-            for claim in unsupported_claims(nb)]
+    return [
+        f"{path.name}: claim not supported by these runs: {claim!r}"
+        for path, nb in zip(paths, notebooks)
+        for claim in unsupported_claims(nb)
+    ]
 
 
 def merge(notebooks: list, smoke: bool) -> object:
     import nbformat
+
     merged = nbformat.v4.new_notebook()
     note = f"Built {dt.datetime.now(dt.timezone.utc).strftime('%d %B %Y, %H:%M UTC')}"
     if smoke:
         note += " (SMOKE BUILD: tiny training runs, the numbers are not the protocol's)"
-    merged.metadata.update(title=TITLE, subtitle=SUBTITLE, course=COURSE, build_note=note,
-                           kernelspec=notebooks[0].metadata.get("kernelspec", {}),
-                           language_info=notebooks[0].metadata.get("language_info", {}))
+    merged.metadata.update(
+        title=TITLE,
+        subtitle=SUBTITLE,
+        course=COURSE,
+        build_note=note,
+        kernelspec=notebooks[0].metadata.get("kernelspec", {}),
+        language_info=notebooks[0].metadata.get("language_info", {}),
+    )
     for k, nb in enumerate(notebooks):
         for i, cell in enumerate(nb.cells):
             cell = copy.deepcopy(cell)
@@ -300,46 +361,77 @@ def merge(notebooks: list, smoke: bool) -> object:
     return merged
 
 
-def pandoc_fragments(sources: list[str], to: str, *options: str, source_format: str = "markdown") -> list[str]:
+def pandoc_fragments(
+    sources: list[str], to: str, *options: str, source_format: str = "markdown"
+) -> list[str]:
     """Convert many Markdown snippets with one pandoc call (nbconvert calls pandoc twice per cell)."""
     if not sources:
         return []
     separator = "<!-- mlp-report-cell -->" if to == "html" else "MLPREPORTSNIPPETBREAK"
-    out = subprocess.run(["pandoc", f"--from={source_format}", f"--to={to}", "--wrap=none", *options],
-                         input=f"\n\n{separator}\n\n".join(sources), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["pandoc", f"--from={source_format}", f"--to={to}", "--wrap=none", *options],
+        input=f"\n\n{separator}\n\n".join(sources),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     fragments = out.split(separator)
     if len(fragments) != len(sources):
-        raise RuntimeError(f"pandoc returned {len(fragments)} fragments for {len(sources)} pieces of Markdown")
+        raise RuntimeError(
+            f"pandoc returned {len(fragments)} fragments for {len(sources)} pieces of Markdown"
+        )
     return fragments
 
 
 def markdown_places(nb) -> list[tuple]:
     """Every piece of Markdown of the notebook: (markdown cell, None) or (code cell, its Markdown output)."""
-    return [(cell, None) if cell.cell_type == "markdown" else (cell, out) for cell in nb.cells
-            for out in ([None] if cell.cell_type == "markdown" else cell.get("outputs", []))
-            if out is None or "text/markdown" in out.get("data", {})]
+    return [
+        (cell, None) if cell.cell_type == "markdown" else (cell, out)
+        for cell in nb.cells
+        for out in ([None] if cell.cell_type == "markdown" else cell.get("outputs", []))
+        if out is None or "text/markdown" in out.get("data", {})
+    ]
 
 
 def export_pdf(nb, target: Path) -> None:
     import nbformat
     from nbconvert import LatexExporter, PDFExporter
+
     nb = copy.deepcopy(nb)
     places = markdown_places(nb)
     sources = [cell.source if out is None else out["data"]["text/markdown"] for cell, out in places]
     latex = pandoc_fragments(sources, "latex", source_format="markdown+tex_math_double_backslash")
     for (cell, out), source, fragment in zip(places, sources, latex):
-        if source.lstrip().startswith("**Figure"):  # a caption: in a minipage, which LaTeX never splits from its figure
-            fragment = "\\par\\nopagebreak\\noindent\\begin{minipage}{\\linewidth}\n" + fragment.strip() + "\n\\end{minipage}\\par"
+        if source.lstrip().startswith(
+            "**Figure"
+        ):  # a caption: in a minipage, which LaTeX never splits from its figure
+            fragment = (
+                "\\par\\nopagebreak\\noindent\\begin{minipage}{\\linewidth}\n"
+                + fragment.strip()
+                + "\n\\end{minipage}\\par"
+            )
         if out is None:
-            nb.cells[nb.cells.index(cell)] = nbformat.v4.new_raw_cell(fragment, metadata={"raw_mimetype": "text/latex"})
+            nb.cells[nb.cells.index(cell)] = nbformat.v4.new_raw_cell(
+                fragment, metadata={"raw_mimetype": "text/latex"}
+            )
         else:
             out["data"] = {"text/latex": fragment}
-    opts = dict(template_name="mlp_report", extra_template_basedirs=[str(TEMPLATES)], exclude_input=True,
-                exclude_input_prompt=True, exclude_output_prompt=True, raw_mimetypes=["text/latex"])
-    write_atomic(BUILD / "report.tex", LatexExporter(**opts).from_notebook_node(nb)[0])  # for inspection
+    opts = dict(
+        template_name="mlp_report",
+        extra_template_basedirs=[str(TEMPLATES)],
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+        raw_mimetypes=["text/latex"],
+    )
+    write_atomic(
+        BUILD / "report.tex", LatexExporter(**opts).from_notebook_node(nb)[0]
+    )  # for inspection
     exporter = PDFExporter(**opts)
     exporter.verbose = False
-    exporter.latex_count = 1  # no cross-references or table of contents: one xelatex pass is the whole PDF
+    exporter.latex_count = (
+        1  # no cross-references or table of contents: one xelatex pass is the whole PDF
+    )
     pdf, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "report"}})
     write_atomic(target, pdf)
 
@@ -348,9 +440,15 @@ def figure_captions(nb) -> list[str]:
     """The caption of every figure, in order: the next paragraph that starts with **Figure, as plain text."""
     captions, pending = [], 0
     for cell in nb.cells:
-        texts = [cell.source] if cell.cell_type == "markdown" else [
-            o.get("data", {}).get("text/markdown", "") for o in cell.get("outputs", [])]
-        pending += sum(any(m in o.get("data", {}) for m in ("image/svg+xml", "image/png")) for o in cell.get("outputs", []))
+        texts = (
+            [cell.source]
+            if cell.cell_type == "markdown"
+            else [o.get("data", {}).get("text/markdown", "") for o in cell.get("outputs", [])]
+        )
+        pending += sum(
+            any(m in o.get("data", {}) for m in ("image/svg+xml", "image/png"))
+            for o in cell.get("outputs", [])
+        )
         caption = next((t for t in texts if t.lstrip().startswith("**Figure")), None)
         if caption and pending:
             captions += [re.sub(r"[*$\\{}]", "", " ".join(caption.split()))] * pending
@@ -362,10 +460,13 @@ def describe_figures(page: str, captions: list[str]) -> str:
     """Give every figure of the HTML page its caption as its alternative text (nbconvert writes "No
     description has been provided for this image")."""
     from bs4 import BeautifulSoup
+
     soup = BeautifulSoup(page, features="html.parser")
     images = soup.select(".jp-RenderedSVG img, .jp-RenderedImage img")
     if len(images) != len(captions):
-        raise RuntimeError(f"{len(images)} figures in the HTML report but {len(captions)} captions: every figure needs one")
+        raise RuntimeError(
+            f"{len(images)} figures in the HTML report but {len(captions)} captions: every figure needs one"
+        )
     for image, caption in zip(images, captions):
         image["alt"] = caption
     return str(soup)
@@ -382,45 +483,72 @@ math { font-size: 1.1em; }
 def export_html(nb, target: Path) -> None:
     import nbformat
     from nbconvert import HTMLExporter
+
     nb = copy.deepcopy(nb)
     md = nb.metadata
-    title = nbformat.v4.new_markdown_cell(f"# {md['title']}\n\n**{md['subtitle']}**  \n{md['course']}  \n*{md['build_note']}*")
+    title = nbformat.v4.new_markdown_cell(
+        f"# {md['title']}\n\n**{md['subtitle']}**  \n{md['course']}  \n*{md['build_note']}*"
+    )
     nb.cells.insert(0, title)
     captions = figure_captions(nb)
     places = markdown_places(nb)
     sources = [cell.source if out is None else out["data"]["text/markdown"] for cell, out in places]
     # every piece of Markdown becomes HTML with MathML formulas, which browsers draw themselves
     for (cell, out), fragment in zip(places, pandoc_fragments(sources, "html", "--mathml")):
-        block = '<div class="mlp-prose">' + "\n".join(line for line in fragment.strip().splitlines() if line.strip()) + "</div>"
+        block = (
+            '<div class="mlp-prose">'
+            + "\n".join(line for line in fragment.strip().splitlines() if line.strip())
+            + "</div>"
+        )
         if out is None:
             cell.source = block
         else:
             out["data"] = {"text/html": block}
     title.source = HTML_STYLE + "\n" + title.source
-    exporter = HTMLExporter(template_name="mlp_html", extra_template_basedirs=[str(TEMPLATES)], exclude_input=True,
-                            exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
+    exporter = HTMLExporter(
+        template_name="mlp_html",
+        extra_template_basedirs=[str(TEMPLATES)],
+        exclude_input=True,
+        exclude_input_prompt=True,
+        exclude_output_prompt=True,
+        embed_images=True,
+    )
     page, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": md["title"]}})
     write_atomic(target, describe_figures(page, captions))
 
 
 # ---- the build ------------------------------------------------------------------------------------------------
 
+
 def missing_tools() -> list[str]:
     return [tool for tool in ("xelatex", "pandoc") if shutil.which(tool) is None]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pattern", default="task*.ipynb", help="which notebooks to build (glob in notebooks/)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--pattern", default="task*.ipynb", help="which notebooks to build (glob in notebooks/)"
+    )
     parser.add_argument("--out", default=str(REPORT), help="folder for report.pdf and report.html")
-    parser.add_argument("--jobs", type=int, default=4,
-                        help="notebooks executed at a time (default 4: their kernels spend much of their time waiting)")
-    parser.add_argument("--strict", action="store_true", help="fail on a claim the runs do not support")
-    parser.add_argument("--fresh", action="store_true", help="retrain every run instead of reusing the run store")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=4,
+        help="notebooks executed at a time (default 4: their kernels spend much of their time waiting)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="fail on a claim the runs do not support"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="retrain every run instead of reusing the run store"
+    )
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
     import mlp_report
+
     smoke, strict = mlp_report.smoke_mode(), args.strict or mlp_report.strict_mode()
     _environment()
     paths = sorted(NOTEBOOKS.glob(args.pattern))
@@ -428,8 +556,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no notebooks match {NOTEBOOKS / args.pattern}")
     out = Path(args.out)
     t_start = time.perf_counter()
-    say(f"Building the report ({'smoke mode' if smoke else 'full protocol'}, {mlp_report.n_seeds()} seed(s) per network"
-        f"{', strict claims' if strict else ''}).")
+    say(
+        f"Building the report ({'smoke mode' if smoke else 'full protocol'}, {mlp_report.n_seeds()} seed(s) per network"
+        f"{', strict claims' if strict else ''})."
+    )
     try:
         counts = train_plan(paths, args.fresh)
         notebooks, seconds = execute_notebooks(paths, smoke, args.jobs)
@@ -437,10 +567,15 @@ def main(argv: list[str] | None = None) -> int:
             raise NotebookFailed("\n".join(failures))
         merged = merge(notebooks, smoke)
         t0, lacking = time.perf_counter(), missing_tools()
-        content = hashlib.sha256(json.dumps([merged.cells, lacking, str(out)], sort_keys=True).encode()).hexdigest()
+        content = hashlib.sha256(
+            json.dumps([merged.cells, lacking, str(out)], sort_keys=True).encode()
+        ).hexdigest()
         wanted = ["report.html"] + ([] if lacking else ["report.pdf"])
-        unchanged = (BUILD / "report.key").exists() and (BUILD / "report.key").read_text() == content and all(
-            (out / name).exists() for name in wanted)
+        unchanged = (
+            (BUILD / "report.key").exists()
+            and (BUILD / "report.key").read_text() == content
+            and all((out / name).exists() for name in wanted)
+        )
         if not unchanged:
             write_atomic(BUILD / "report.ipynb", json.dumps(merged, indent=1))
             export_html(merged, out / "report.html") if shutil.which("pandoc") else None
@@ -449,29 +584,55 @@ def main(argv: list[str] | None = None) -> int:
             write_atomic(BUILD / "report.key", content)
         exported = time.perf_counter() - t0
     except KeyboardInterrupt:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C cannot interrupt the clean-up
-        say("\nInterrupted: finished runs are kept in the run store; the previous report (if any) is untouched.")
+        signal.signal(
+            signal.SIGINT, signal.SIG_IGN
+        )  # a second Ctrl-C cannot interrupt the clean-up
+        say(
+            "\nInterrupted: finished runs are kept in the run store; the previous report (if any) is untouched."
+        )
         return 130
     except NotebookFailed as exc:
         say(f"\nThe build failed, the previous report (if any) is untouched.\n{exc}")
         return 1
     say("")
-    say(f"Report built in {time.perf_counter() - t_start:.0f} s: runs {counts['trained']} trained and {counts['reused']} reused "
-        f"({counts['train_seconds']:.0f} s); notebooks " + ", ".join(
-            f"{name.split('_')[0]} {'reused' if s is None else f'{s:.1f} s'}" for name, s in seconds.items())
-        + ("; the report itself is unchanged, so it was kept." if unchanged else f"; export {exported:.1f} s."))
+    say(
+        f"Report built in {time.perf_counter() - t_start:.0f} s: runs {counts['trained']} trained and {counts['reused']} reused "
+        f"({counts['train_seconds']:.0f} s); notebooks "
+        + ", ".join(
+            f"{name.split('_')[0]} {'reused' if s is None else f'{s:.1f} s'}"
+            for name, s in seconds.items()
+        )
+        + (
+            "; the report itself is unchanged, so it was kept."
+            if unchanged
+            else f"; export {exported:.1f} s."
+        )
+    )
     if lacking:
-        say(f"Only report/report.html was written: {', '.join(lacking)} not found. For the PDF install them "
-            f"(Debian/Ubuntu: `make system-deps`, macOS: `brew install pandoc basictex`), then run `make report` again.")
+        say(
+            f"Only report/report.html was written: {', '.join(lacking)} not found. For the PDF install them "
+            f"(Debian/Ubuntu: `make system-deps`, macOS: `brew install pandoc basictex`), then run `make report` again."
+        )
     else:
         say(f"  {out / 'report.pdf'}\n  {out / 'report.html'}")
     if counts["failed"]:
         say(f"Runs that did not complete (left out of the tables): {', '.join(counts['failed'])}.")
-    claims = [f"{nb_path.stem}: {claim}" for nb_path, nb in zip(paths, notebooks) for claim in unsupported_claims(nb)]
+    claims = [
+        f"{nb_path.stem}: {claim}"
+        for nb_path, nb in zip(paths, notebooks)
+        for claim in unsupported_claims(nb)
+    ]
     write_atomic(BUILD / "claims.txt", "".join(f"{c}\n" for c in claims))
     if claims:
-        say(f"{len(claims)} claim(s) not supported by these runs, marked in the report"
-            + (" (expected in a smoke build or with one seed)" if smoke or mlp_report.n_seeds() < 2 else "") + ":")
+        say(
+            f"{len(claims)} claim(s) not supported by these runs, marked in the report"
+            + (
+                " (expected in a smoke build or with one seed)"
+                if smoke or mlp_report.n_seeds() < 2
+                else ""
+            )
+            + ":"
+        )
         for claim in claims[:10]:
             say(f"  {claim}")
         if len(claims) > 10:

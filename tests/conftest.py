@@ -1,4 +1,5 @@
 """Shared test setup: caches in a temporary folder (never $HOME), the MNIST files, small data."""
+
 import os
 import tempfile
 from pathlib import Path
@@ -7,8 +8,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 _CACHE = Path(tempfile.mkdtemp(prefix="mlp-test-cache-"))
-for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("IPYTHONDIR", "ipython"), ("JUPYTER_CONFIG_DIR", "jupyter/config"),
-                 ("JUPYTER_DATA_DIR", "jupyter/data"), ("JUPYTER_RUNTIME_DIR", "jupyter/runtime")):
+for var, sub in (
+    ("MPLCONFIGDIR", "matplotlib"),
+    ("IPYTHONDIR", "ipython"),
+    ("JUPYTER_CONFIG_DIR", "jupyter/config"),
+    ("JUPYTER_DATA_DIR", "jupyter/data"),
+    ("JUPYTER_RUNTIME_DIR", "jupyter/runtime"),
+):
     os.environ.setdefault(var, str(_CACHE / sub))
     Path(os.environ[var]).mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("TQDM_DISABLE", "1")
@@ -23,7 +29,9 @@ def mnist_path() -> Path:
     path = mlp.mnist_dir()
     missing = [s.name for s in mlp.MNIST_FILES.values() if not (path / s.name).is_file()]
     if missing:
-        pytest.fail(f"MNIST files {missing} are missing in {path}: run `make data` (or set MNIST_DIR)")
+        pytest.fail(
+            f"MNIST files {missing} are missing in {path}: run `make data` (or set MNIST_DIR)"
+        )
     return path
 
 

@@ -1,5 +1,6 @@
 """The MNIST pipeline: IDX parsing, verification, every failure's message, the download path, the
 protocol's preprocessing."""
+
 import gzip
 import http.server
 import shutil
@@ -24,6 +25,7 @@ def idx_bytes(magic: int, dims: list[int], payload: bytes) -> bytes:
 
 # ---- IDX parsing on small synthetic data --------------------------------------------------------
 
+
 def test_parse_idx_images_and_labels():
     pixels = np.arange(3 * 784, dtype=np.uint8)
     images = mf.parse_idx(idx_bytes(2051, [3, 28, 28], pixels.tobytes()), magic=2051, count=3)
@@ -33,19 +35,23 @@ def test_parse_idx_images_and_labels():
     np.testing.assert_array_equal(labels, [7, 0, 9, 3])
 
 
-@pytest.mark.parametrize("raw, message", [
-    (idx_bytes(2049, [2], bytes(2)), "wrong magic number 2049"),
-    (idx_bytes(2051, [2, 28, 28], bytes(784)), "bytes where the header announces"),
-    (idx_bytes(2051, [2, 27, 28], bytes(2 * 27 * 28)), "wrong image size 27x28"),
-    (idx_bytes(2051, [5, 28, 28], bytes(5 * 784)), "wrong count 5 (expected 2)"),
-    (b"\x00\x00\x08", "shorter than the 16-byte IDX header"),
-])
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (idx_bytes(2049, [2], bytes(2)), "wrong magic number 2049"),
+        (idx_bytes(2051, [2, 28, 28], bytes(784)), "bytes where the header announces"),
+        (idx_bytes(2051, [2, 27, 28], bytes(2 * 27 * 28)), "wrong image size 27x28"),
+        (idx_bytes(2051, [5, 28, 28], bytes(5 * 784)), "wrong count 5 (expected 2)"),
+        (b"\x00\x00\x08", "shorter than the 16-byte IDX header"),
+    ],
+)
 def test_parse_idx_rejects_malformed_data(raw, message):
     with pytest.raises(mlp.MNISTDataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         mf.parse_idx(raw, magic=2051, count=2, name="synthetic.gz")
 
 
 # ---- The real files ----------------------------------------------------------------------------
+
 
 def test_real_files_shapes_and_label_counts(mnist):
     assert mnist.train_images.shape == (60_000, 784) and mnist.train_images.dtype == np.uint8
@@ -68,14 +74,16 @@ def test_prepare_data_follows_the_protocol(mnist):
     data = mlp.prepare_data(n_train=20_000)
     assert data.train.X.shape == (20_000, 785) and data.val.X.shape == (10_000, 785)
     assert data.train.X.dtype == np.float32
-    np.testing.assert_array_equal(data.train.X[:, -1], 1.0)           # bias column
+    np.testing.assert_array_equal(data.train.X[:, -1], 1.0)  # bias column
     np.testing.assert_array_equal(data.train.labels, mnist.train_labels[:20_000])
     np.testing.assert_array_equal(data.val.labels, mnist.test_labels)
     np.testing.assert_array_equal(data.train.Y.argmax(1), data.train.labels)
     assert data.train.Y.sum(1).tolist() == [1.0] * 20_000
     expected = (mnist.test_images[7].astype(np.float64) - 33.318421449829934) / 78.56748998339798
     np.testing.assert_allclose(data.val.X[7, :-1], expected, rtol=1e-6, atol=1e-6)
-    assert data.mu == pytest.approx(33.318421449829934) and data.sigma == pytest.approx(78.56748998339798)
+    assert data.mu == pytest.approx(33.318421449829934) and data.sigma == pytest.approx(
+        78.56748998339798
+    )
 
 
 def test_one_hot_and_bias_checks():
@@ -92,13 +100,16 @@ def test_one_hot_and_bias_checks():
 
 @pytest.mark.parametrize("dtype", ["int8", "float16", "uint8"])
 def test_prepare_data_checks_its_dtype(dtype):
-    with pytest.raises(ValueError, match=f"dtype must be one of \\['float32', 'float64'\\], got '{dtype}'"):
+    with pytest.raises(
+        ValueError, match=f"dtype must be one of \\['float32', 'float64'\\], got '{dtype}'"
+    ):
         mlp.prepare_data(100, dtype)
     with pytest.raises(ValueError, match="n_train must be an integer >= 1 and <= 60000, got 0"):
         mlp.prepare_data(0)
 
 
 # ---- Damaged copies of the real files ----------------------------------------------------------
+
 
 def _raw(mnist_path: Path, key: str) -> bytes:
     with gzip.open(mnist_path / mlp.MNIST_FILES[key].name) as fh:
@@ -122,7 +133,9 @@ def test_truncated_file(mnist_path, tmp_path):
     good = (mnist_path / "t10k-labels-idx1-ubyte.gz").read_bytes()
     path = tmp_path / "t10k-labels-idx1-ubyte.gz"
     path.write_bytes(good[: len(good) // 2])
-    with pytest.raises(mlp.MNISTDataError, match="t10k-labels-idx1-ubyte.gz: the gzip stream is truncated"):
+    with pytest.raises(
+        mlp.MNISTDataError, match="t10k-labels-idx1-ubyte.gz: the gzip stream is truncated"
+    ):
         mf.read_idx_gz(path, "test_labels")
 
 
@@ -186,7 +199,10 @@ def test_corrupt_file_in_the_cache_is_moved_aside(mnist_path, tmp_path, monkeypa
     with pytest.raises(mlp.MNISTDataError) as caught:
         mlp.load_mnist(cache, download=False)
     assert "gzip stream is truncated" in str(caught.value)
-    assert "It was moved aside to t10k-labels-idx1-ubyte.gz.corrupt; run again to download a fresh copy." in str(caught.value)
+    assert (
+        "It was moved aside to t10k-labels-idx1-ubyte.gz.corrupt; run again to download a fresh copy."
+        in str(caught.value)
+    )
     assert "Delete it" not in str(caught.value)  # one remedy, not two that contradict each other
     assert not bad.exists() and (cache / "t10k-labels-idx1-ubyte.gz.corrupt").exists()
 
@@ -197,9 +213,14 @@ def test_a_folder_named_like_a_data_file_is_reported_not_moved(mnist_path, tmp_p
     (cache / "t10k-labels-idx1-ubyte.gz").unlink()
     (cache / "t10k-labels-idx1-ubyte.gz").mkdir()
     monkeypatch.setattr(mf, "DEFAULT_CACHE", cache)
-    with pytest.raises(mlp.MNISTDataError, match="t10k-labels-idx1-ubyte.gz: a folder where the MNIST file should be"):
+    with pytest.raises(
+        mlp.MNISTDataError,
+        match="t10k-labels-idx1-ubyte.gz: a folder where the MNIST file should be",
+    ):
         mlp.load_mnist(cache, download=False)
-    assert (cache / "t10k-labels-idx1-ubyte.gz").is_dir() and not (cache / "t10k-labels-idx1-ubyte.gz.corrupt").exists()
+    assert (cache / "t10k-labels-idx1-ubyte.gz").is_dir() and not (
+        cache / "t10k-labels-idx1-ubyte.gz.corrupt"
+    ).exists()
 
 
 def test_a_failing_move_aside_is_explained(mnist_path, tmp_path, monkeypatch):
@@ -210,9 +231,13 @@ def test_a_failing_move_aside_is_explained(mnist_path, tmp_path, monkeypatch):
 
     def refuse(*args):
         raise PermissionError(13, "Permission denied")
+
     monkeypatch.setattr(mf.os, "replace", refuse)
-    with pytest.raises(mlp.MNISTDataError, match=r"not a gzip file .* It could not be moved aside \(Permission denied\); "
-                                                 r"delete it and run again"):
+    with pytest.raises(
+        mlp.MNISTDataError,
+        match=r"not a gzip file .* It could not be moved aside \(Permission denied\); "
+        r"delete it and run again",
+    ):
         mlp.load_mnist(cache, download=False)
 
 
@@ -221,12 +246,16 @@ def test_an_unreadable_file_is_an_mnist_data_error(mnist_path, tmp_path, monkeyp
 
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
+
     monkeypatch.setattr(mf.gzip, "open", denied)
-    with pytest.raises(mlp.MNISTDataError, match=r"cannot be read \(Permission denied\). Check its permissions"):
+    with pytest.raises(
+        mlp.MNISTDataError, match=r"cannot be read \(Permission denied\). Check its permissions"
+    ):
         mf.read_idx_gz(tmp_path / "t10k-labels-idx1-ubyte.gz", "test_labels")
 
 
 # ---- Download from a local HTTP server ---------------------------------------------------------
+
 
 @pytest.fixture
 def http_root(tmp_path):
@@ -251,7 +280,9 @@ def test_download_good_files(mnist_path, http_root, tmp_path):
     target = tmp_path / "downloaded"
     data = mlp.load_mnist(target, base_url=url, progress=False)
     assert data.train_images.shape == (60_000, 784)
-    assert sorted(p.name for p in target.iterdir()) == sorted(s.name for s in mlp.MNIST_FILES.values())
+    assert sorted(p.name for p in target.iterdir()) == sorted(
+        s.name for s in mlp.MNIST_FILES.values()
+    )
 
 
 def test_download_of_a_corrupted_file_is_discarded(mnist_path, http_root, tmp_path):
@@ -261,8 +292,11 @@ def test_download_of_a_corrupted_file_is_discarded(mnist_path, http_root, tmp_pa
     raw[-1] = (raw[-1] + 1) % 10
     (root / "mnist" / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(raw)))
     target = tmp_path / "downloaded"
-    with pytest.raises(mlp.MNISTDataError, match="t10k-labels-idx1-ubyte.gz: the file downloaded from .* failed "
-                                                 "verification and was discarded"):
+    with pytest.raises(
+        mlp.MNISTDataError,
+        match="t10k-labels-idx1-ubyte.gz: the file downloaded from .* failed "
+        "verification and was discarded",
+    ):
         mf.download_mnist(target, base_url=url, progress=False)
     left = sorted(p.name for p in target.iterdir())
     assert "t10k-labels-idx1-ubyte.gz" not in left and not any(n.endswith(".part") for n in left)
@@ -291,7 +325,9 @@ def test_download_server_unreachable(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again before the download: nothing listens there
     with pytest.raises(mlp.MNISTDataError, match="download from .* failed.*copy the four MNIST"):
-        mf.download_mnist(tmp_path / "d", base_url=f"http://127.0.0.1:{port}/", progress=False, timeout=5)
+        mf.download_mnist(
+            tmp_path / "d", base_url=f"http://127.0.0.1:{port}/", progress=False, timeout=5
+        )
 
 
 def test_downloaded_files_are_readable_like_copied_ones(mnist_path, http_root, tmp_path):
@@ -306,7 +342,9 @@ def test_a_gzip_bomb_is_not_decompressed_beyond_the_file_size(http_root, tmp_pat
     root, url = http_root
     (root / "mnist").mkdir()
     header = (2049).to_bytes(4, "big") + (10_000).to_bytes(4, "big")
-    (root / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header + bytes(50_000_000)))
+    (root / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(
+        gzip.compress(header + bytes(50_000_000))
+    )
     with pytest.raises(mlp.MNISTDataError, match="decompresses to more than the 47,040,016 bytes"):
         mf.download_mnist(tmp_path / "d", base_url=url, progress=False)
 
@@ -314,6 +352,7 @@ def test_a_gzip_bomb_is_not_decompressed_beyond_the_file_size(http_root, tmp_pat
 @pytest.fixture
 def drip_server():
     """A mirror on 127.0.0.1 that announces a file and then sends one byte every 0.3 s."""
+
     class Drip(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
@@ -329,6 +368,7 @@ def drip_server():
 
         def log_message(self, *args):
             pass
+
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -341,7 +381,12 @@ def drip_server():
 
 def test_a_slow_drip_mirror_runs_into_the_deadline(drip_server, tmp_path):
     t0 = time.monotonic()
-    with pytest.raises(mlp.MNISTDataError, match=r"download from .* failed \(not finished within the deadline of 2 s\)"):
-        mf.download_mnist(tmp_path / "d", base_url=drip_server, progress=False, timeout=5, deadline=2)
+    with pytest.raises(
+        mlp.MNISTDataError,
+        match=r"download from .* failed \(not finished within the deadline of 2 s\)",
+    ):
+        mf.download_mnist(
+            tmp_path / "d", base_url=drip_server, progress=False, timeout=5, deadline=2
+        )
     assert time.monotonic() - t0 < 4
     assert not any(p.name.endswith(".part") for p in (tmp_path / "d").iterdir())

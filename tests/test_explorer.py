@@ -16,7 +16,13 @@ def _quiet_home(tmp_path_factory):
     """Keep matplotlib's and Jupyter's caches out of $HOME."""
     base = tmp_path_factory.mktemp("explorer-home")
     with pytest.MonkeyPatch.context() as mp:
-        for var in ("MPLCONFIGDIR", "IPYTHONDIR", "JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR"):
+        for var in (
+            "MPLCONFIGDIR",
+            "IPYTHONDIR",
+            "JUPYTER_CONFIG_DIR",
+            "JUPYTER_DATA_DIR",
+            "JUPYTER_RUNTIME_DIR",
+        ):
             mp.setenv(var, str(base / var.lower()))
         yield
 
@@ -24,6 +30,7 @@ def _quiet_home(tmp_path_factory):
 @pytest.fixture
 def ui():
     import mlp_explorer
+
     explorer = mlp_explorer.Explorer()
     yield explorer
     explorer.stop()
@@ -49,9 +56,21 @@ def train(ui, timeout=60):
 
 def test_parse_hidden_layers():
     from mlp_explorer import parse_hidden_layers
+
     assert parse_hidden_layers("64") == (64,)
     assert parse_hidden_layers(" 60, 60 ") == (60, 60)
-    for bad in ("", "  ", "64,,a", "0", "64, -3", "abc", "64,", "1e3", "99999", ",".join(["8"] * 9)):
+    for bad in (
+        "",
+        "  ",
+        "64,,a",
+        "0",
+        "64, -3",
+        "abc",
+        "64,",
+        "1e3",
+        "99999",
+        ",".join(["8"] * 9),
+    ):
         with pytest.raises(ValueError):
             parse_hidden_layers(bad)
 
@@ -73,7 +92,7 @@ def test_train_adds_a_run_and_redraws(ui):
     hist = ui.histories[0]
     assert hist.config.layer_sizes == (16, 10) and hist.steps == 300 // 32
     assert bytes(ui.plot.value) != bytes(empty_plot) and bytes(ui.plot.value).startswith(b"\x89PNG")
-    assert ui.runs.value == (1,)                       # the new run is shown
+    assert ui.runs.value == (1,)  # the new run is shown
     assert "<table" in ui.table.value and "#1" in ui.table.value and "last epoch" in ui.table.value
     assert ui.progress.value == hist.steps and ui.progress.bar_style == "success"
     assert "#1 reached the last epoch" in ui.status.value
@@ -106,28 +125,43 @@ def test_invalid_combination_uses_runconfig_message(ui):
     assert "⚠" not in ui.config_info.value and not ui.train_button.disabled
 
 
-@pytest.mark.parametrize("control, typed, message", [
-    ("epochs", "0", "epochs must be an integer ≥ 1, got 0"),
-    ("epochs", "-5", "epochs must be an integer ≥ 1, got -5"),
-    ("epochs", "2.5", "epochs must be a whole number, got '2.5'"),
-    ("epochs", "", "enter the epochs"),
-    ("learning_rate", "0", "learning rate α must be a finite number > 0, got 0.0"),
-    ("learning_rate", "-1", "learning rate α must be a finite number > 0, got -1.0"),
-    ("learning_rate", "fast", "learning rate α must be a number such as 0.1 or 1e-3, got 'fast'"),
-    ("learning_rate", "inf", "learning rate α must be a finite number > 0, got inf"),
-    ("momentum", "1.5", "momentum γ must be in [0, 1), got 1.5"),
-    ("momentum", "1", "momentum γ must be in [0, 1), got 1.0"),
-    ("n_train", "70000", "training subset must be at most 60,000 (the MNIST training images), got 70,000"),
-    ("n_val", "10001", "validation subset must be at most 10,000 (the MNIST test images), got 10,001"),
-    ("n_val", "0", "validation subset must be an integer ≥ 1, got 0"),
-    ("patience", "0", "patience must be an integer ≥ 1, got 0"),
-    ("seed", "-1", "seed must be an integer ≥ 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "control, typed, message",
+    [
+        ("epochs", "0", "epochs must be an integer ≥ 1, got 0"),
+        ("epochs", "-5", "epochs must be an integer ≥ 1, got -5"),
+        ("epochs", "2.5", "epochs must be a whole number, got '2.5'"),
+        ("epochs", "", "enter the epochs"),
+        ("learning_rate", "0", "learning rate α must be a finite number > 0, got 0.0"),
+        ("learning_rate", "-1", "learning rate α must be a finite number > 0, got -1.0"),
+        (
+            "learning_rate",
+            "fast",
+            "learning rate α must be a number such as 0.1 or 1e-3, got 'fast'",
+        ),
+        ("learning_rate", "inf", "learning rate α must be a finite number > 0, got inf"),
+        ("momentum", "1.5", "momentum γ must be in [0, 1), got 1.5"),
+        ("momentum", "1", "momentum γ must be in [0, 1), got 1.0"),
+        (
+            "n_train",
+            "70000",
+            "training subset must be at most 60,000 (the MNIST training images), got 70,000",
+        ),
+        (
+            "n_val",
+            "10001",
+            "validation subset must be at most 10,000 (the MNIST test images), got 10,001",
+        ),
+        ("n_val", "0", "validation subset must be an integer ≥ 1, got 0"),
+        ("patience", "0", "patience must be an integer ≥ 1, got 0"),
+        ("seed", "-1", "seed must be an integer ≥ 0, got -1"),
+    ],
+)
 def test_out_of_range_values_are_explained_not_clamped(ui, control, typed, message):
     box = getattr(ui, control)
     before = box.value
     box.value = typed
-    assert box.value == typed                         # nothing is changed behind the user's back
+    assert box.value == typed  # nothing is changed behind the user's back
     assert html.escape(message) in ui.config_info.value, ui.config_info.value
     assert "mlp-invalid" in box._dom_classes
     assert ui.train_button.disabled and ui.train() is False and not ui.running
@@ -141,17 +175,27 @@ def test_out_of_range_values_are_explained_not_clamped(ui, control, typed, messa
 def test_values_beyond_the_old_limits_are_accepted(ui):
     settings(ui, epochs=1000, learning_rate=50, n_train="20,000", seed=2**40)
     config = ui.config()
-    assert (config.max_epochs, config.learning_rate, config.n_train, config.seed) == (1000, 50.0, 20_000, 2**40)
+    assert (config.max_epochs, config.learning_rate, config.n_train, config.seed) == (
+        1000,
+        50.0,
+        20_000,
+        2**40,
+    )
     assert not ui.train_button.disabled and "⚠" not in ui.config_info.value
 
 
 def test_problems_are_explained_until_none_is_left(ui):
     settings(ui, epochs="ten", n_val="lots", momentum=2)
     text = ui.config_info.value
-    assert "epochs must be a whole number" in text and "validation subset must be a whole number" in text
+    assert (
+        "epochs must be a whole number" in text
+        and "validation subset must be a whole number" in text
+    )
     assert text.count("⚠") == 2  # every box that does not hold a number; then RunConfig's checks
     settings(ui, epochs=10, n_val=500)
-    assert "momentum γ must be in [0, 1), got 2.0" in ui.config_info.value and ui.train_button.disabled
+    assert (
+        "momentum γ must be in [0, 1), got 2.0" in ui.config_info.value and ui.train_button.disabled
+    )
     settings(ui, momentum=0.9)
     assert "⚠" not in ui.config_info.value and not ui.train_button.disabled
 
@@ -160,12 +204,15 @@ def test_dropdown_labels_fit_their_boxes(ui):
     """No "improved sigmoid 1.7159 tanh(2…" cut off (the browser test measures the rendered text)."""
     for dropdown in (ui.activation, ui.init):
         longest = max(len(label) for label, _ in dropdown.options)
-        box = int(dropdown.layout.width.rstrip("px")) - int(dropdown.style.description_width.rstrip("px"))
+        box = int(dropdown.layout.width.rstrip("px")) - int(
+            dropdown.style.description_width.rstrip("px")
+        )
         assert longest * 8 < box - 30, (longest, box)  # 8 px a character, 30 px for the arrow
 
 
 def test_legend_labels_distinguish_activation_and_initialisation(ui):
     from mlp_explorer import run_labels
+
     quick(ui)
     first = train(ui)
     settings(ui, activation="improved_sigmoid", init="fan_in")
@@ -176,15 +223,26 @@ def test_legend_labels_distinguish_activation_and_initialisation(ui):
     assert legend[2:] == ["training", "validation"]
     # the Compare list names every run in full, however they differ
     options = [label for label, _ in ui.runs.options]
-    assert options == ["#1 [16] sigmoid, uniform init, lr 0.1, γ 0, batch 32",
-                       "#2 [16] improved sigmoid, fan-in init, lr 0.1, γ 0, batch 32"]
+    assert options == [
+        "#1 [16] sigmoid, uniform init, lr 0.1, γ 0, batch 32",
+        "#2 [16] improved sigmoid, fan-in init, lr 0.1, γ 0, batch 32",
+    ]
     # what differs is named, whatever it is; always the run number
-    assert run_labels([first.config, first.config.replace(name="#3", seed=4)]) == ["#1 seed 0", "#3 seed 4"]
-    assert run_labels([first.config, second.config.replace(learning_rate=0.01, layer_sizes=(8, 8, 10))]) == [
-        "#1 [16] sigmoid, uniform init, lr 0.1", "#2 [8, 8] improved sigmoid, fan-in init, lr 0.01"]
+    assert run_labels([first.config, first.config.replace(name="#3", seed=4)]) == [
+        "#1 seed 0",
+        "#3 seed 4",
+    ]
+    assert run_labels(
+        [first.config, second.config.replace(learning_rate=0.01, layer_sizes=(8, 8, 10))]
+    ) == [
+        "#1 [16] sigmoid, uniform init, lr 0.1",
+        "#2 [8, 8] improved sigmoid, fan-in init, lr 0.01",
+    ]
     ui.runs.value = (2,)
     legend = [t.get_text() for t in ui.figure().legends[0].get_texts()]
-    assert legend[0] == "#2 [16] improved sigmoid, fan-in init, lr 0.1, γ 0, batch 32"  # one run: in full
+    assert (
+        legend[0] == "#2 [16] improved sigmoid, fan-in init, lr 0.1, γ 0, batch 32"
+    )  # one run: in full
 
 
 def test_numbers_axes_and_stop_reasons_agree(ui):
@@ -194,7 +252,7 @@ def test_numbers_axes_and_stop_reasons_agree(ui):
     ax_loss, ax_acc = fig.axes
     assert ax_acc.get_ylabel() == "accuracy (%)" and ax_loss.get_xlabel() == "gradient step"
     top = max(max(line.get_ydata()) for line in ax_acc.get_lines())
-    assert 1 < top <= 100                               # percent, as the table and the status line
+    assert 1 < top <= 100  # percent, as the table and the status line
     acc = ui.results().loc[0, "val acc (%)"]
     assert f"{acc:.2f} %" in ui.table.value and f"accuracy {acc:.2f} %" in ui.status.value
     # the learning rate reads the same in the Compare list, the legend and the table: 3 digits
@@ -203,8 +261,13 @@ def test_numbers_axes_and_stop_reasons_agree(ui):
     assert "<td>0.0316</td>" in ui.table.value and "0.0316228" not in ui.table.value
     # how a run ended, in words
     from mlp_explorer import STOP_REASONS
+
     assert {words for words, _ in STOP_REASONS.values()} >= {
-        "last epoch", "early stopping", "stopped by you", "diverged"}
+        "last epoch",
+        "early stopping",
+        "stopped by you",
+        "diverged",
+    }
     for code in ("max_epochs", "early_stopping", "stopped", "diverged", "interrupted"):
         assert code in STOP_REASONS
     assert "max_epochs" not in ui.table.value and "last epoch" in ui.table.value
@@ -221,21 +284,33 @@ def test_early_stopping_is_named_in_words(ui):
     assert "stopped early" in ui.status.value and ui.progress.bar_style == "success"
 
 
-@pytest.mark.parametrize("lr, momentum, activation", [(3.16, 0.9, "improved_sigmoid"), (1e6, 0, "sigmoid")])
+@pytest.mark.parametrize(
+    "lr, momentum, activation", [(3.16, 0.9, "improved_sigmoid"), (1e6, 0, "sigmoid")]
+)
 def test_a_diverged_run_is_shown_as_a_failure(ui, lr, momentum, activation):
-    quick(ui, n_train=2000, epochs=3, learning_rate=lr, momentum=momentum, activation=activation, init="fan_in")
+    quick(
+        ui,
+        n_train=2000,
+        epochs=3,
+        learning_rate=lr,
+        momentum=momentum,
+        activation=activation,
+        init="fan_in",
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         hist = train(ui)
-    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]  # shown on the page instead
+    assert not [
+        w for w in caught if issubclass(w.category, RuntimeWarning)
+    ]  # shown on the page instead
     assert hist.stop_reason == "diverged" and hist.message
-    assert ui.progress.bar_style == "danger"            # never the green bar
+    assert ui.progress.bar_style == "danger"  # never the green bar
     assert "⚠" in ui.status.value and "diverged" in ui.status.value
     assert "Lower the learning rate" in ui.status.value
     assert html.escape(hist.message) in ui.status.value
     assert ui.results().loc[0, "stopped by"] == "diverged"
     assert bytes(ui.plot.value).startswith(b"\x89PNG")  # a diverged run still plots
-    assert not ui.train_button.disabled                 # and the next run can start
+    assert not ui.train_button.disabled  # and the next run can start
 
 
 def test_stop_ends_a_run_early_and_keeps_its_history(ui):
@@ -307,9 +382,18 @@ def test_notebook_is_clean_and_short():
     """Saved as JupyterLab writes it, without outputs; the introduction leaves room for the controls."""
     import json
     from pathlib import Path
-    nb = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / "explorer.ipynb").read_text("utf-8"))
-    assert nb["metadata"] == {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python",
-                                             "name": "python3"}, "language_info": {"name": "python"}}
+
+    nb = json.loads(
+        (Path(__file__).resolve().parents[1] / "notebooks" / "explorer.ipynb").read_text("utf-8")
+    )
+    assert nb["metadata"] == {
+        "kernelspec": {
+            "display_name": "Python 3 (ipykernel)",
+            "language": "python",
+            "name": "python3",
+        },
+        "language_info": {"name": "python"},
+    }
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
     intro = "".join(nb["cells"][0]["source"])

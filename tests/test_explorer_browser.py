@@ -28,11 +28,18 @@ NOTEBOOK = REPO / "notebooks" / "explorer.ipynb"
 ARTIFACTS = REPO / "tests" / "artifacts"
 VENV_BIN = Path(sys.executable).parent
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SERVER_START = 60      # seconds for a server to accept connections
-UI_READY = 90_000      # milliseconds for the notebook to show the explorer
-RUN_DONE = 60_000      # milliseconds for a small run to appear in the table
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SERVER_START = 60  # seconds for a server to accept connections
+UI_READY = 90_000  # milliseconds for the notebook to show the explorer
+RUN_DONE = 60_000  # milliseconds for a small run to appear in the table
 SCREEN = {"width": 1280, "height": 720}
 
 
@@ -42,15 +49,30 @@ def voila_command(port: int, cull_idle_timeout: int = 600, cull_interval: int = 
     seconds. (Voilà's own shutdown request on page unload fails, voila-dashboards/voila#1458.) A page
     still open keeps its kernel however long it is idle: cull_connected must stay False (its default),
     or an open explorer stops responding once its kernel has been culled."""
-    return [VENV_BIN / "voila", NOTEBOOK.relative_to(REPO), "--no-browser", f"--port={port}", "--Voila.ip=127.0.0.1",
-            f"--MappingKernelManager.cull_idle_timeout={cull_idle_timeout}",
-            f"--MappingKernelManager.cull_interval={cull_interval}"]
+    return [
+        VENV_BIN / "voila",
+        NOTEBOOK.relative_to(REPO),
+        "--no-browser",
+        f"--port={port}",
+        "--Voila.ip=127.0.0.1",
+        f"--MappingKernelManager.cull_idle_timeout={cull_idle_timeout}",
+        f"--MappingKernelManager.cull_interval={cull_interval}",
+    ]
 
 
 # ------------------------------------------------------------------------------------- fixtures
 
-HOME_PATHS = [".config/chromium", ".cache/chromium", ".cache/dconf", ".pki", ".jupyter", ".ipython",
-              ".local/share/jupyter", ".cache/fontconfig", ".npm/_cacache"]
+HOME_PATHS = [
+    ".config/chromium",
+    ".cache/chromium",
+    ".cache/dconf",
+    ".pki",
+    ".jupyter",
+    ".ipython",
+    ".local/share/jupyter",
+    ".cache/fontconfig",
+    ".npm/_cacache",
+]
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +90,18 @@ def private_env(tmp_path_factory, quiet_home):
     """Environment variables that keep every cache and setting in a temporary folder."""
     base = tmp_path_factory.mktemp("explorer-home")
     env = {}
-    for var in ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR",
-                "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_DATA_HOME", "XDG_RUNTIME_DIR", "npm_config_cache"):
+    for var in (
+        "JUPYTER_CONFIG_DIR",
+        "JUPYTER_DATA_DIR",
+        "JUPYTER_RUNTIME_DIR",
+        "IPYTHONDIR",
+        "MPLCONFIGDIR",
+        "XDG_CONFIG_HOME",
+        "XDG_CACHE_HOME",
+        "XDG_DATA_HOME",
+        "XDG_RUNTIME_DIR",
+        "npm_config_cache",
+    ):
         env[var] = str(base / var.lower())
         Path(env[var]).mkdir(mode=0o700)
     return env
@@ -80,13 +112,22 @@ def browser(private_env, tmp_path_factory):
     """A Chromium context with its own profile folder (--user-data-dir) in a temporary directory."""
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} not found: install Debian's chromium package (or set $CHROMIUM)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright Python package is not installed")
-    home = tmp_path_factory.mktemp("chromium-home")  # for anything that still asks for $HOME (NSS's .pki)
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright Python package is not installed"
+    )
+    home = tmp_path_factory.mktemp(
+        "chromium-home"
+    )  # for anything that still asks for $HOME (NSS's .pki)
     with sync_api.sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            tmp_path_factory.mktemp("chromium-profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS,
-            headless=True, timeout=60_000, env={**os.environ, **private_env, "HOME": str(home)},
-            viewport=SCREEN)
+            tmp_path_factory.mktemp("chromium-profile"),
+            executable_path=CHROMIUM,
+            args=CHROMIUM_ARGS,
+            headless=True,
+            timeout=60_000,
+            env={**os.environ, **private_env, "HOME": str(home)},
+            viewport=SCREEN,
+        )
         yield context
         context.close()
 
@@ -110,7 +151,8 @@ def jupyter_env(private_env):
     labconfig = Path(env["JUPYTER_CONFIG_DIR"]) / "labconfig"
     labconfig.mkdir(exist_ok=True)
     (labconfig / "page_config.json").write_text(
-        '{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}')
+        '{"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": true}}'
+    )
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.pop("MLP_SMOKE", None)
     return env
@@ -130,8 +172,15 @@ def start_server(jupyter_env, tmp_path):
 
     def start(argv, port, cwd):
         log = open(tmp_path / f"server-{len(procs)}.log", "w+")
-        proc = subprocess.Popen([str(a) for a in argv], cwd=cwd, env=jupyter_env, stdout=log,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(a) for a in argv],
+            cwd=cwd,
+            env=jupyter_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         procs.append((proc, log))
         deadline = time.monotonic() + SERVER_START
         while time.monotonic() < deadline:
@@ -159,6 +208,7 @@ def start_server(jupyter_env, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- helpers
+
 
 def _kernels(server: subprocess.Popen) -> list[psutil.Process]:
     """The kernels the server runs: its ipykernel child processes."""
@@ -235,6 +285,7 @@ _CUT_OFF = """() => {
 
 # ------------------------------------------------------------------------------------- tests
 
+
 def test_voila_explorer_on_a_laptop_screen(page, start_server):
     """At 1280x720 the controls are in view; invalid values are explained; two runs that differ in
     activation and initialisation are told apart; a diverged run is a failure; Clear resets all."""
@@ -253,10 +304,11 @@ def test_voila_explorer_on_a_laptop_screen(page, start_server):
 
     # out of range: explained next to Train, which stays disabled; the value is left as typed
     for css, typed, message, good in (
-            (".mlp-epochs", 0, "epochs must be an integer ≥ 1, got 0", 10),
-            (".mlp-learning-rate", 0, "learning rate α must be a finite number > 0, got 0.0", 0.1),
-            (".mlp-momentum", 1.5, "momentum γ must be in [0, 1), got 1.5", 0),
-            (".mlp-n-train", 70000, "training subset must be at most 60,000", 5000)):
+        (".mlp-epochs", 0, "epochs must be an integer ≥ 1, got 0", 10),
+        (".mlp-learning-rate", 0, "learning rate α must be a finite number > 0, got 0.0", 0.1),
+        (".mlp-momentum", 1.5, "momentum γ must be in [0, 1), got 1.5", 0),
+        (".mlp-n-train", 70000, "training subset must be at most 60,000", 5000),
+    ):
         _type(page, css, typed)
         page.locator(".mlp-config-info").get_by_text(message).wait_for()
         assert train_button.is_disabled()
@@ -266,7 +318,9 @@ def test_voila_explorer_on_a_laptop_screen(page, start_server):
         page.wait_for_function("!document.querySelector('button.mlp-train').disabled")
     _type(page, ".mlp-epochs", 1000)  # beyond the old limit of 500: fine
     page.get_by_text("156 steps per epoch").wait_for()
-    assert train_button.is_enabled() and page.locator(".mlp-config-info").inner_text().count("⚠") == 0
+    assert (
+        train_button.is_enabled() and page.locator(".mlp-config-info").inner_text().count("⚠") == 0
+    )
     _small_run(page)
     assert page.locator(".mlp-invalid").count() == 0
 
@@ -279,12 +333,18 @@ def test_voila_explorer_on_a_laptop_screen(page, start_server):
     page.locator(".mlp-init select").select_option(label="normal, std 1/√fan-in")
     cells = _train(page, 2)
     assert cells[:5] == ["#2", "32", "improved sigmoid", "fan-in", "0.1"], cells
-    options = [t.replace("\xa0", " ") for t in page.locator(".mlp-runs-list option").all_inner_texts()]
-    assert options == ["#1 [32] sigmoid, uniform init, lr 0.1, γ 0, batch 32",
-                       "#2 [32] improved sigmoid, fan-in init, lr 0.1, γ 0, batch 32"], options
+    options = [
+        t.replace("\xa0", " ") for t in page.locator(".mlp-runs-list option").all_inner_texts()
+    ]
+    assert options == [
+        "#1 [32] sigmoid, uniform init, lr 0.1, γ 0, batch 32",
+        "#2 [32] improved sigmoid, fan-in init, lr 0.1, γ 0, batch 32",
+    ], options
     assert page.evaluate(_CUT_OFF) == []
     assert "%" in cells[13] and "%" in cells[14], cells  # accuracies in percent, as the plot's axis
-    page.set_viewport_size({"width": SCREEN["width"], "height": 1100})  # Voilà scrolls inside the page:
+    page.set_viewport_size(
+        {"width": SCREEN["width"], "height": 1100}
+    )  # Voilà scrolls inside the page:
     page.wait_for_timeout(700)  # a taller window shows the table too; let the last plot image paint
     page.screenshot(path=ARTIFACTS / "explorer-compare-activation.png")
 
@@ -301,9 +361,13 @@ def test_voila_explorer_on_a_laptop_screen(page, start_server):
     # Clear runs forgets the runs and resets the status line and the progress bar
     page.locator("button.mlp-clear").click()
     page.get_by_text("No runs yet").wait_for()
-    page.wait_for_function("document.querySelector('.mlp-status').innerText.startsWith('Set up a network')")
+    page.wait_for_function(
+        "document.querySelector('.mlp-status').innerText.startsWith('Set up a network')"
+    )
     bar = page.locator(".mlp-progress .progress-bar")
-    assert "danger" not in bar.get_attribute("class") and "success" not in bar.get_attribute("class")
+    assert "danger" not in bar.get_attribute("class") and "success" not in bar.get_attribute(
+        "class"
+    )
     assert bar.evaluate("b => b.getBoundingClientRect().width") == 0
     assert page.locator(".mlp-runs-list option").count() == 0
 
@@ -356,11 +420,25 @@ def test_jupyter_runs_the_explorer_notebook(page, start_server, tmp_path, app):
     port, token = _free_port(), secrets.token_hex(16)
     # expose_app_in_browser gives the page window.jupyterapp, to run the cells by command;
     # the read-only extension manager never asks PyPI (Notebook 7 does not load with it)
-    extra = (["--LabApp.expose_app_in_browser=True", "--LabApp.extension_manager=readonly"] if app == "lab"
-             else ["--JupyterNotebookApp.expose_app_in_browser=True"])
-    start_server([VENV_BIN / f"jupyter-{app}", "--no-browser", "--allow-root", f"--port={port}",
-                  "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-                  *extra], port, cwd=root)
+    extra = (
+        ["--LabApp.expose_app_in_browser=True", "--LabApp.extension_manager=readonly"]
+        if app == "lab"
+        else ["--JupyterNotebookApp.expose_app_in_browser=True"]
+    )
+    start_server(
+        [
+            VENV_BIN / f"jupyter-{app}",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ServerApp.ip=127.0.0.1",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            *extra,
+        ],
+        port,
+        cwd=root,
+    )
     page.set_viewport_size({"width": 1400, "height": 1700})
     path = "lab/tree" if app == "lab" else "notebooks"
     page.goto(f"http://127.0.0.1:{port}/{path}/{NOTEBOOK.name}?token={token}", timeout=UI_READY)
@@ -370,7 +448,9 @@ def test_jupyter_runs_the_explorer_notebook(page, start_server, tmp_path, app):
             const kernel = panel && panel.sessionContext && panel.sessionContext.session
                 && panel.sessionContext.session.kernel;
             return kernel && kernel.status === "idle";
-        }""", timeout=UI_READY)
+        }""",
+        timeout=UI_READY,
+    )
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
     _train_small_run(page)
     page.locator(".mlp-explorer").scroll_into_view_if_needed()

@@ -1,4 +1,5 @@
 """The network, its numerics, the optimiser and the argument checks."""
+
 import warnings
 
 import numpy as np
@@ -32,7 +33,9 @@ def test_cross_entropy_matches_the_definition():
     rng = np.random.default_rng(0)
     logits, labels = rng.normal(size=(5, 10)), rng.integers(0, 10, 5)
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    assert mlp.cross_entropy(logits, labels) == pytest.approx(-np.log(p[np.arange(5), labels]).mean())
+    assert mlp.cross_entropy(logits, labels) == pytest.approx(
+        -np.log(p[np.arange(5), labels]).mean()
+    )
 
 
 @pytest.mark.parametrize("activation", ["sigmoid", "improved_sigmoid"])
@@ -40,7 +43,11 @@ def test_activations_and_slopes(activation, no_fp_warnings):
     f, slope = mlp.ACTIVATIONS[activation]
     z = np.array([-1e4, -30.0, -1.0, 0.0, 0.5, 30.0, 1e4])
     a = f(z.copy())
-    expected = 1 / (1 + np.exp(-z.clip(-500, 500))) if activation == "sigmoid" else 1.7159 * np.tanh(2 * z / 3)
+    expected = (
+        1 / (1 + np.exp(-z.clip(-500, 500)))
+        if activation == "sigmoid"
+        else 1.7159 * np.tanh(2 * z / 3)
+    )
     np.testing.assert_allclose(a, expected, rtol=1e-12, atol=1e-15)
     zz = np.linspace(-4, 4, 41)
     numeric = (f(zz + 1e-6) - f(zz - 1e-6)) / 2e-6
@@ -88,7 +95,7 @@ def test_gradient_check_within_epsilon_squared(layers, activation, small_data):
     model = mlp.MLP(layers, activation=activation, init="uniform", dtype="float64", rng=2022)
     X, Y = small_data.train.X[:100].astype(np.float64), small_data.train.Y[:100].astype(np.float64)
     error = mlp.gradient_check(model, X, Y, epsilon=1e-3)
-    assert 0 < error < 1e-3 ** 2
+    assert 0 < error < 1e-3**2
 
 
 def test_gradient_check_detects_a_wrong_gradient(small_data):
@@ -123,8 +130,14 @@ def test_backward_against_an_independent_implementation():
     rng = np.random.default_rng(4)
     X, labels = rng.normal(size=(9, 785)), rng.integers(0, 10, 9)
     Y = mlp.one_hot(labels, dtype=np.float64)
-    for activation, f, df in (("sigmoid", lambda z: 1 / (1 + np.exp(-z)), lambda a: a * (1 - a)),
-                              ("improved_sigmoid", lambda z: 1.7159 * np.tanh(2 * z / 3), lambda a: (2 / 3) / 1.7159 * (1.7159 ** 2 - a ** 2))):
+    for activation, f, df in (
+        ("sigmoid", lambda z: 1 / (1 + np.exp(-z)), lambda a: a * (1 - a)),
+        (
+            "improved_sigmoid",
+            lambda z: 1.7159 * np.tanh(2 * z / 3),
+            lambda a: (2 / 3) / 1.7159 * (1.7159**2 - a**2),
+        ),
+    ):
         model = mlp.MLP([7, 5, 10], activation=activation, init="fan_in", dtype="float64", rng=1)
         W1, W2, W3 = model.weights
         A1 = f(X @ W1)
@@ -138,31 +151,44 @@ def test_backward_against_an_independent_implementation():
         expected = [X.T @ D1, A1.T @ D2, A2.T @ D3]
         for g, e in zip(model.backward(model.forward(X), Y), expected):
             np.testing.assert_allclose(g, e, rtol=1e-12, atol=1e-15)
-        assert model.loss(X, labels) == pytest.approx(-np.log(P[np.arange(9), labels]).mean(), rel=1e-12)
+        assert model.loss(X, labels) == pytest.approx(
+            -np.log(P[np.arange(9), labels]).mean(), rel=1e-12
+        )
         np.testing.assert_allclose(model.hidden_outputs(X)[1], A2, rtol=1e-12)
 
 
 def test_a_training_step_uses_the_backward_pass(small_data):
     """One step of train() moves every weight by exactly lr times MLP.backward's gradient on the
     first batch: training and MLP.backward are one implementation."""
-    cfg = mlp.RunConfig(n_train=640, n_val=500, max_epochs=1, dtype="float64", init="fan_in", layer_sizes=(16, 8, 10))
+    cfg = mlp.RunConfig(
+        n_train=640,
+        n_val=500,
+        max_epochs=1,
+        dtype="float64",
+        init="fan_in",
+        layer_sizes=(16, 8, 10),
+    )
     h = mlp.train(cfg, progress=False, should_stop=lambda: True)
     assert h.steps == 1
     start = mlp.initial_model(cfg)
-    batch = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(2)[1]).permutation(cfg.n_train)[:32]
+    batch = np.random.default_rng(np.random.SeedSequence(cfg.seed).spawn(2)[1]).permutation(
+        cfg.n_train
+    )[:32]
     data = mlp.prepare_data(640, "float64", 500)
     grads = start.backward(start.forward(data.train.X[batch]), data.train.Y[batch])
     for w0, w1, g in zip(start.weights, h.weights, grads):
         np.testing.assert_allclose(w1, w0 - cfg.learning_rate * g, rtol=1e-12, atol=1e-15)
-    assert h.train_loss[0] == pytest.approx(start.loss(data.train.X[batch], data.train.labels[batch]), rel=1e-12)
+    assert h.train_loss[0] == pytest.approx(
+        start.loss(data.train.X[batch], data.train.labels[batch]), rel=1e-12
+    )
 
 
 def test_momentum_update_worked_by_hand():
     w = [np.array([1.0, -2.0])]
     sgd = mlp.SGD(learning_rate=0.1, momentum=0.9)
-    sgd.step(w, [np.array([2.0, 1.0])])     # dW(0) = g = [2, 1];          w = [1, -2] - 0.1 [2, 1]
+    sgd.step(w, [np.array([2.0, 1.0])])  # dW(0) = g = [2, 1];          w = [1, -2] - 0.1 [2, 1]
     np.testing.assert_allclose(w[0], [0.8, -2.1])
-    sgd.step(w, [np.array([1.0, -1.0])])    # dW(1) = [1, -1] + 0.9 [2, 1] = [2.8, -0.1]
+    sgd.step(w, [np.array([1.0, -1.0])])  # dW(1) = [1, -1] + 0.9 [2, 1] = [2.8, -0.1]
     np.testing.assert_allclose(w[0], [0.8 - 0.28, -2.1 + 0.01])
     plain = [np.array([1.0])]
     mlp.SGD(0.5).step(plain, [np.array([4.0])])
@@ -179,37 +205,47 @@ def test_parameter_counts():
 
 # ---- Bad arguments name the argument and the value ---------------------------------------------
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(layer_sizes=[]), "layer_sizes must list positive integers, .* got \\[\\]"),
-    (dict(layer_sizes=[0, 10]), "got \\[0, 10\\]"),
-    (dict(layer_sizes=[-5, 10]), "got \\[-5, 10\\]"),
-    (dict(layer_sizes=[64.5, 10]), "got \\[64.5, 10\\]"),
-    (dict(layer_sizes=[64, 7]), "then the 10 outputs, .* got \\[64, 7\\]"),
-    (dict(activation="relu"), "activation must be one of .* got 'relu'"),
-    (dict(init="xavier"), "init must be one of .* got 'xavier'"),
-    (dict(dtype="float16"), "dtype must be one of \\['float32', 'float64'\\], got 'float16'"),
-    (dict(input_size=0), "input_size must be an integer >= 1, got 0"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(layer_sizes=[]), "layer_sizes must list positive integers, .* got \\[\\]"),
+        (dict(layer_sizes=[0, 10]), "got \\[0, 10\\]"),
+        (dict(layer_sizes=[-5, 10]), "got \\[-5, 10\\]"),
+        (dict(layer_sizes=[64.5, 10]), "got \\[64.5, 10\\]"),
+        (dict(layer_sizes=[64, 7]), "then the 10 outputs, .* got \\[64, 7\\]"),
+        (dict(activation="relu"), "activation must be one of .* got 'relu'"),
+        (dict(init="xavier"), "init must be one of .* got 'xavier'"),
+        (dict(dtype="float16"), "dtype must be one of \\['float32', 'float64'\\], got 'float16'"),
+        (dict(input_size=0), "input_size must be an integer >= 1, got 0"),
+    ],
+)
 def test_model_argument_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         mlp.MLP(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(learning_rate=0), "learning_rate must be a finite number > 0, got 0"),
-    (dict(learning_rate=-1), "learning_rate must be a finite number > 0, got -1"),
-    (dict(learning_rate=float("nan")), "learning_rate .* got nan"),
-    (dict(momentum=1.0), "momentum must be in \\[0, 1\\), got 1.0"),
-    (dict(momentum=-0.1), "momentum must be in \\[0, 1\\), got -0.1"),
-    (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
-    (dict(max_epochs=-1), "max_epochs must be an integer >= 1, got -1"),
-    (dict(patience=0), "patience must be an integer >= 1, got 0"),
-    (dict(patience=2.5), "patience must be an integer >= 1, got 2.5"),
-    (dict(n_train=100, batch_size=128), "batch_size \\(128\\) must not exceed n_train \\(100\\)"),
-    (dict(seed=-1), "seed must be an integer >= 0, got -1"),
-    (dict(dtype="int8"), "dtype must be one of"),
-    (dict(layer_sizes=()), "layer_sizes must list positive integers"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(learning_rate=0), "learning_rate must be a finite number > 0, got 0"),
+        (dict(learning_rate=-1), "learning_rate must be a finite number > 0, got -1"),
+        (dict(learning_rate=float("nan")), "learning_rate .* got nan"),
+        (dict(momentum=1.0), "momentum must be in \\[0, 1\\), got 1.0"),
+        (dict(momentum=-0.1), "momentum must be in \\[0, 1\\), got -0.1"),
+        (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+        (dict(max_epochs=-1), "max_epochs must be an integer >= 1, got -1"),
+        (dict(patience=0), "patience must be an integer >= 1, got 0"),
+        (dict(patience=2.5), "patience must be an integer >= 1, got 2.5"),
+        (
+            dict(n_train=100, batch_size=128),
+            "batch_size \\(128\\) must not exceed n_train \\(100\\)",
+        ),
+        (dict(seed=-1), "seed must be an integer >= 0, got -1"),
+        (dict(dtype="int8"), "dtype must be one of"),
+        (dict(layer_sizes=()), "layer_sizes must list positive integers"),
+    ],
+)
 def test_config_argument_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         mlp.RunConfig(**kwargs)
@@ -217,13 +253,20 @@ def test_config_argument_errors(kwargs, message):
 
 def test_input_errors():
     model = mlp.MLP([8, 10], rng=0)
-    with pytest.raises(ValueError, match=r"X must be a floating-point array of shape \(N, 785\).*got float32 \(3, 784\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"X must be a floating-point array of shape \(N, 785\).*got float32 \(3, 784\)",
+    ):
         model.forward(np.zeros((3, 784), np.float32))
     with pytest.raises(ValueError, match="X must be a floating-point array of shape"):
         model.forward(np.zeros(785, np.float32))
-    with pytest.raises(ValueError, match=r"X must be a floating-point array .* got uint8 \(3, 785\)"):
+    with pytest.raises(
+        ValueError, match=r"X must be a floating-point array .* got uint8 \(3, 785\)"
+    ):
         model.forward(np.zeros((3, 785), np.uint8))
-    with pytest.raises(ValueError, match=r"labels must be 2 integers in \[0, 9\], got int64 \(2,\) from 0 to 10"):
+    with pytest.raises(
+        ValueError, match=r"labels must be 2 integers in \[0, 9\], got int64 \(2,\) from 0 to 10"
+    ):
         model.check_inputs(np.zeros((2, 785), np.float32), np.array([0, 10]))
     with pytest.raises(ValueError, match="labels must be 2 integers"):
         model.check_inputs(np.zeros((2, 785), np.float32), np.array([0.0, 1.0]))

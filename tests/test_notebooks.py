@@ -1,6 +1,7 @@
 """The notebooks: committed clean and as JupyterLab writes them, written as a report (prose first,
 short code cells), executed headless in smoke mode; and the report build end to end: the PDF and
 HTML, unsupported claims, STRICT mode, reuse of unchanged work, and Ctrl-C."""
+
 import ast
 import os
 import re
@@ -23,11 +24,15 @@ TASK_HEADINGS = {
     "task3": ["Task 3a", "Task 3b", "Task 3c"],
     "task4": ["Task 4a", "Task 4b", "Task 4c", "Task 4d", "Task 4e"],
 }
-JUPYTERLAB_METADATA = {"kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
-                       "language_info": {"name": "python"}}
-needs_latex = pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("xelatex", "pandoc", "pdftotext")),
-                                 reason="xelatex, pandoc or pdftotext not found: install them with `sudo make system-deps` "
-                                        "(Debian/Ubuntu) or `brew install pandoc basictex poppler` (macOS)")
+JUPYTERLAB_METADATA = {
+    "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+    "language_info": {"name": "python"},
+}
+needs_latex = pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("xelatex", "pandoc", "pdftotext")),
+    reason="xelatex, pandoc or pdftotext not found: install them with `sudo make system-deps` "
+    "(Debian/Ubuntu) or `brew install pandoc basictex poppler` (macOS)",
+)
 
 
 def lines(nb, kind: str) -> list[int]:
@@ -38,7 +43,9 @@ def lines(nb, kind: str) -> list[int]:
 def test_notebooks_are_committed_clean_as_jupyterlab_writes_them(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    assert nb.metadata == JUPYTERLAB_METADATA, "JupyterLab would rewrite this metadata and mark the notebook modified"
+    assert nb.metadata == JUPYTERLAB_METADATA, (
+        "JupyterLab would rewrite this metadata and mark the notebook modified"
+    )
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.outputs and cell.execution_count is None, f"{path.name} has outputs"
@@ -63,7 +70,13 @@ def test_task_notebooks_read_as_the_report(path):
 def smoke_env(tmp_path_factory):
     """Smoke mode, with a run store of its own (filled by the first test that trains)."""
     store, build_dir = tmp_path_factory.mktemp("runs"), tmp_path_factory.mktemp("build")
-    env = dict(os.environ, MLP_SMOKE="1", MLP_RUN_STORE=str(store), MLP_REPORT_BUILD=str(build_dir), MLP_STRICT="0")
+    env = dict(
+        os.environ,
+        MLP_SMOKE="1",
+        MLP_RUN_STORE=str(store),
+        MLP_REPORT_BUILD=str(build_dir),
+        MLP_STRICT="0",
+    )
     env.pop("MLP_SEEDS", None)
     return env
 
@@ -74,8 +87,12 @@ def test_notebook_runs_in_smoke_mode(path, smoke_env, monkeypatch):
     for key, value in smoke_env.items():
         monkeypatch.setenv(key, value)
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
+    ).execute()
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
     assert not errors
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     for heading in TASK_HEADINGS.get(path.stem.split("_")[0], []):
@@ -83,8 +100,14 @@ def test_notebook_runs_in_smoke_mode(path, smoke_env, monkeypatch):
 
 
 def build(env, out: Path, *args: str, timeout: float = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "report" / "build_report.py"), "--out", str(out), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "report" / "build_report.py"), "--out", str(out), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,29 +124,43 @@ def test_smoke_report_builds(smoke_report, smoke_env):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     log = result.stdout
     assert "Plan:" in log and "Report built in" in log and "runs " in log
-    assert "Kernel is running over TCP" not in log + result.stderr and "Traceback" not in log + result.stderr
-    assert "claim(s) not supported by these runs" in log  # smoke runs cannot support the report's claims
+    assert (
+        "Kernel is running over TCP" not in log + result.stderr
+        and "Traceback" not in log + result.stderr
+    )
+    assert (
+        "claim(s) not supported by these runs" in log
+    )  # smoke runs cannot support the report's claims
     pdf, page = out / "report.pdf", out / "report.html"
     assert pdf.stat().st_size > 10_000 and page.stat().st_size > 10_000
-    text = subprocess.run(["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(
+        ["pdftotext", "-layout", str(pdf), "-"], capture_output=True, text=True, check=True
+    ).stdout
     for task in sorted({p.stem.split("_")[0] for p in NOTEBOOKS}):
         for heading in TASK_HEADINGS.get(task, []):
             assert heading in text, f"the PDF lacks the heading {heading}"
     assert "Table 2.2" in text and "val acc (%)" in text and "train loss" in text
     assert "Not supported by these runs" in text  # the notes are visible in the PDF
     assert "import mlp_core" not in text and "def " not in text and "rep.show" not in text
-    assert "Traceback" not in text and "it/s" not in text and "runs |" not in text  # no errors, no progress residue
+    assert (
+        "Traceback" not in text and "it/s" not in text and "runs |" not in text
+    )  # no errors, no progress residue
     html_text = page.read_text()
     assert "<table" in html_text and "Table 2.2" in html_text and "Task 2c" in html_text
     assert "application/vnd.jupyter.widget-view" not in html_text
     assert "<math" in html_text and "$\\mu$" not in html_text  # formulas as MathML, drawn offline
     assert "require.min.js" not in html_text and "MathJax.Hub" not in html_text
-    assert not re.search(r"""(?:src|href)=["']?https?://""", html_text)  # nothing fetched from elsewhere
+    assert not re.search(
+        r"""(?:src|href)=["']?https?://""", html_text
+    )  # nothing fetched from elsewhere
     assert "No description has been provided" not in html_text
 
     again = build(smoke_env, out)  # nothing changed: no training, no notebook executed, no export
     assert again.returncode == 0, again.stdout[-3000:]
-    assert "0 to train" in again.stdout and "4 unchanged since the last build, 0 to execute" in again.stdout
+    assert (
+        "0 to train" in again.stdout
+        and "4 unchanged since the last build, 0 to execute" in again.stdout
+    )
     assert "the report itself is unchanged, so it was kept" in again.stdout
 
 
@@ -136,18 +173,33 @@ def test_html_report_needs_no_network_and_describes_its_figures(smoke_report, tm
     assert result.returncode == 0, result.stdout[-3000:]
     chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
     if not Path(chromium).exists():
-        pytest.skip(f"{chromium} not found: install Debian's chromium (`make system-deps`) or set $CHROMIUM")
+        pytest.skip(
+            f"{chromium} not found: install Debian's chromium (`make system-deps`) or set $CHROMIUM"
+        )
     sync_api = pytest.importorskip("playwright.sync_api")
     requests = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True, env=dict(os.environ, HOME=str(tmp_path)),
-                                    args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                                          "--disable-background-networking", "--disable-component-update",
-                                          "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=chromium,
+            headless=True,
+            env=dict(os.environ, HOME=str(tmp_path)),
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.on("request", lambda request: requests.append(request.url))
         page.goto((out / "report.html").as_uri(), wait_until="networkidle")
-        figures = page.eval_on_selector_all("img, svg", "els => els.map(e => e.getAttribute('alt') || e.getAttribute('aria-label') || '')")
+        figures = page.eval_on_selector_all(
+            "img, svg",
+            "els => els.map(e => e.getAttribute('alt') || e.getAttribute('aria-label') || '')",
+        )
         lefts = page.evaluate("""() => ['.jp-MarkdownCell .mlp-prose > p', '.jp-OutputArea-output .mlp-prose > p']
             .map(sel => [...document.querySelectorAll(sel)].map(p => Math.round(p.getBoundingClientRect().left)))""")
         (Path(__file__).parent / "artifacts").mkdir(exist_ok=True)
@@ -156,7 +208,9 @@ def test_html_report_needs_no_network_and_describes_its_figures(smoke_report, tm
     outside = [url for url in requests if not url.startswith(("file:", "data:", "blob:", "about:"))]
     assert not outside, f"the HTML report asked the network for {outside}"
     assert len(figures) >= 12  # Figures 2.1-4.7
-    assert set(lefts[0]) == set(lefts[1]) and len(set(lefts[0])) == 1, f"written and generated text not aligned: {lefts}"
+    assert set(lefts[0]) == set(lefts[1]) and len(set(lefts[0])) == 1, (
+        f"written and generated text not aligned: {lefts}"
+    )
     for text in figures:
         assert text.startswith("Figure ") and "No description" not in text, text
 
@@ -181,7 +235,9 @@ def _descendants(pid: int) -> set[int]:
 
 
 def _kernels() -> set[int]:
-    out = subprocess.run(["pgrep", "-f", "ipykernel_launcher"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["pgrep", "-f", "ipykernel_launcher"], capture_output=True, text=True
+    ).stdout
     return {int(p) for p in out.split()}
 
 
@@ -193,23 +249,46 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase, second", [("training", False), ("training", True), ("notebooks", True)])
+@pytest.mark.parametrize(
+    "phase, second", [("training", False), ("training", True), ("notebooks", True)]
+)
 def test_ctrl_c_stops_a_build_within_seconds(tmp_path, smoke_env, phase, second):
     """SIGINT to the build's process group (what Ctrl-C does in a terminal) while it trains or while
     its notebooks execute: it exits within 3 s, leaves no worker or kernel behind, writes no report;
     a second Ctrl-C right after the first does not hang it."""
-    env = dict(smoke_env, MLP_RUN_STORE=str(tmp_path / "runs")) if phase == "training" else smoke_env
+    env = (
+        dict(smoke_env, MLP_RUN_STORE=str(tmp_path / "runs")) if phase == "training" else smoke_env
+    )
     if phase == "notebooks":
-        build(env, tmp_path / "first", "--pattern", "task4*.ipynb")  # the runs are stored: straight to the kernels
+        build(
+            env, tmp_path / "first", "--pattern", "task4*.ipynb"
+        )  # the runs are stored: straight to the kernels
         shutil.rmtree(Path(env["MLP_REPORT_BUILD"]) / "executed", ignore_errors=True)
     before = _kernels()
-    proc = subprocess.Popen([sys.executable, str(REPO / "report" / "build_report.py"), "--out", str(tmp_path / "report")],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "report" / "build_report.py"),
+            "--out",
+            str(tmp_path / "report"),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline, started = time.monotonic() + 90, set()
     while time.monotonic() < deadline:
         started = _descendants(proc.pid) | (_kernels() - before)
-        if phase == "training" and len(_descendants(proc.pid)) >= 2 or phase == "notebooks" and _kernels() - before:
+        if (
+            phase == "training"
+            and len(_descendants(proc.pid)) >= 2
+            or phase == "notebooks"
+            and _kernels() - before
+        ):
             break
         time.sleep(0.2)
     time.sleep(1.5)
@@ -227,9 +306,14 @@ def test_ctrl_c_stops_a_build_within_seconds(tmp_path, smoke_env, phase, second)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert time.monotonic() - t0 < 3, f"the build took {time.monotonic() - t0:.1f} s to stop:\n{out[-2000:]}"
+    assert time.monotonic() - t0 < 3, (
+        f"the build took {time.monotonic() - t0:.1f} s to stop:\n{out[-2000:]}"
+    )
     assert proc.returncode == 130 and "Interrupted" in out, out[-2000:]
     time.sleep(0.5)
     left = [p for p in started if _alive(p)]
     assert not left, f"processes outlived the build: {left}"
-    assert not (tmp_path / "report" / "report.pdf").exists() and not (tmp_path / "report" / "report.html").exists()
+    assert (
+        not (tmp_path / "report" / "report.pdf").exists()
+        and not (tmp_path / "report" / "report.html").exists()
+    )

@@ -1,4 +1,5 @@
 """The plot helpers draw on the axes they are given and return them; accuracies are in percent."""
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,8 +13,12 @@ import mlp_plots as plots  # noqa: E402
 
 @pytest.fixture(scope="module")
 def runs(small_data):
-    cfg = mlp.RunConfig(n_train=640, n_val=500, max_epochs=2, record_grad_norms=True, layer_sizes=(16, 16, 16, 10))
-    return [mlp.train(cfg.replace(seed=s, name=f"seed {s}"), small_data, progress=False) for s in (0, 1)]
+    cfg = mlp.RunConfig(
+        n_train=640, n_val=500, max_epochs=2, record_grad_norms=True, layer_sizes=(16, 16, 16, 10)
+    )
+    return [
+        mlp.train(cfg.replace(seed=s, name=f"seed {s}"), small_data, progress=False) for s in (0, 1)
+    ]
 
 
 def test_smooth():
@@ -21,7 +26,9 @@ def test_smooth():
     np.testing.assert_allclose(mean, [1.5, 5.5])
     np.testing.assert_allclose(std, np.std([0, 1, 2, 3]))
     np.testing.assert_allclose(steps, [1.5, 5.5])
-    assert len(plots.smooth(np.arange(5.0), window=125)[0]) == 1  # a window longer than the run: one block
+    assert (
+        len(plots.smooth(np.arange(5.0), window=125)[0]) == 1
+    )  # a window longer than the run: one block
 
 
 def test_plot_loss_and_accuracy(runs):
@@ -30,7 +37,11 @@ def test_plot_loss_and_accuracy(runs):
     assert len(a.lines) == 4 and len(a.collections) == 2
     assert [line.get_label() for line in a.lines][:2] == ["x (training)", "x (validation)"]
     assert plots.plot_accuracy(runs[0], b, train=False) is b
-    assert len(b.lines) == 1 and b.lines[0].get_label() == "seed 0" and b.get_ylabel() == "accuracy (%)"
+    assert (
+        len(b.lines) == 1
+        and b.lines[0].get_label() == "seed 0"
+        and b.get_ylabel() == "accuracy (%)"
+    )
     np.testing.assert_allclose(b.lines[0].get_ydata(), 100 * np.asarray(runs[0].val_acc))
     assert a.xaxis.get_major_formatter()(25000, 0) == "25,000"
     plt.close(fig)
@@ -38,7 +49,9 @@ def test_plot_loss_and_accuracy(runs):
 
 def test_report_figures(runs):
     colors = {"seed 0": "C0", "seed 1": "C1"}
-    fig, axes = plots.variant_panels({"left": runs, "right": runs[:1]}, colors, "loss", wide="seed 1")
+    fig, axes = plots.variant_panels(
+        {"left": runs, "right": runs[:1]}, colors, "loss", wide="seed 1"
+    )
     assert len(axes) == 2 and fig.legends
     fig2 = plots.pair_figure(runs, ["C0", "C1"], ["a", "b"], "accuracy", skip=1)
     fig3 = plots.pair_figure(runs, ["C0", "C1"], ["a", "b"], "loss", log_val=True)
@@ -46,6 +59,8 @@ def test_report_figures(runs):
     fig5 = plots.grad_ratio_figure(runs, ["C0", "C1"], ["a", "b"])
     assert [t.get_text() for t in fig4.axes[0].get_xticklabels()][0] == "$W_{1}$"
     fig6 = plots.activation_figure()
-    assert [line.get_label() for line in fig6.axes[1].lines if not line.get_label().startswith("_")] == ["sigmoid", "improved sigmoid"]
+    assert [
+        line.get_label() for line in fig6.axes[1].lines if not line.get_label().startswith("_")
+    ] == ["sigmoid", "improved sigmoid"]
     for f in (fig, fig2, fig3, fig4, fig5, fig6):
         plt.close(f)

@@ -1,20 +1,31 @@
 """The report layer: settings from the environment, the comparison rule, checked claims, number
 formatting and tables."""
+
 import math
 import re
 
-import numpy as np
 import pandas as pd
 import pytest
 
 import mlp_core as mlp
 import mlp_report as rep
 
-
 # ---- settings ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, expected", [("", False), ("0", False), ("no", False), ("OFF", False),
-                                             ("1", True), ("true", True), (" yes ", True), ("on", True)])
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("", False),
+        ("0", False),
+        ("no", False),
+        ("OFF", False),
+        ("1", True),
+        ("true", True),
+        (" yes ", True),
+        ("on", True),
+    ],
+)
 def test_env_flags(monkeypatch, value, expected):
     monkeypatch.setenv("MLP_SMOKE", value)
     assert rep.smoke_mode() is expected
@@ -23,7 +34,9 @@ def test_env_flags(monkeypatch, value, expected):
 @pytest.mark.parametrize("value", ["maybe", "2", "y", "enabled"])
 def test_unknown_flag_values_are_errors(monkeypatch, value):
     monkeypatch.setenv("MLP_SMOKE", value)
-    with pytest.raises(ValueError, match=f"MLP_SMOKE=.{value}. is not understood: use 1 .* to switch it on, 0"):
+    with pytest.raises(
+        ValueError, match=f"MLP_SMOKE=.{value}. is not understood: use 1 .* to switch it on, 0"
+    ):
         rep.smoke_mode()
 
 
@@ -43,7 +56,9 @@ def test_n_seeds(monkeypatch):
 def test_experiments_expand_seeds_and_smoke(monkeypatch):
     monkeypatch.setenv("MLP_SMOKE", "1")
     monkeypatch.setenv("MLP_SEEDS", "2")
-    exps = rep.experiments({"a": mlp.RunConfig(), "b": mlp.RunConfig(momentum=0.9, learning_rate=0.02)})
+    exps = rep.experiments(
+        {"a": mlp.RunConfig(), "b": mlp.RunConfig(momentum=0.9, learning_rate=0.02)}
+    )
     configs = exps.configs()
     assert [(c.name, c.seed) for c in configs] == [("a", 0), ("a", 1), ("b", 0), ("b", 1)]
     assert all(c.n_train == rep.SMOKE_SETTINGS["n_train"] and c.max_epochs == 2 for c in configs)
@@ -51,6 +66,7 @@ def test_experiments_expand_seeds_and_smoke(monkeypatch):
 
 
 # ---- the comparison rule ------------------------------------------------------------------------------
+
 
 def test_a_clear_difference():
     c = rep.compare([96.9, 96.85, 96.95], [96.3, 96.2, 96.45], "128", "64", "val_acc")
@@ -61,7 +77,12 @@ def test_a_clear_difference():
 
 def test_a_tie():
     c = rep.compare([96.31, 96.2, 96.41], [96.33, 96.45, 96.22])
-    assert c.p > 0.5 and c.verdict == "same" and c.expect("same").holds and not c.expect("higher").holds
+    assert (
+        c.p > 0.5
+        and c.verdict == "same"
+        and c.expect("same").holds
+        and not c.expect("higher").holds
+    )
 
 
 def test_one_seed_decides_nothing():
@@ -78,6 +99,7 @@ def test_no_spread_at_all():
 
 def test_the_rule_is_welchs_t_test():
     from scipy.stats import ttest_ind
+
     a, b = [0.1411, 0.1380, 0.1442], [0.1402, 0.1350, 0.1455]
     assert rep.compare(a, b).p == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
     assert "Welch" in rep.COMPARISON_RULE and f"p < {rep.ALPHA:g}" in rep.COMPARISON_RULE
@@ -85,12 +107,16 @@ def test_the_rule_is_welchs_t_test():
 
 # ---- checked claims -----------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def displayed(monkeypatch):
     """What check() displays, as (markdown text, metadata) pairs."""
     import IPython.display
+
     shown = []
-    monkeypatch.setattr(IPython.display, "display", lambda obj, metadata=None: shown.append((obj.data, metadata)))
+    monkeypatch.setattr(
+        IPython.display, "display", lambda obj, metadata=None: shown.append((obj.data, metadata))
+    )
     monkeypatch.delenv("MLP_STRICT", raising=False)
     return shown
 
@@ -102,27 +128,44 @@ def test_a_claim_that_holds_shows_nothing(displayed):
 
 
 def test_an_unsupported_claim_gets_a_visible_note(displayed):
-    rep.check("128 units beat 64", rep.compare([1.0, 1.5, 2.2], [1.1, 1.4, 2.0], "128", "64", "val_acc").expect("higher"))
-    (text, metadata), = displayed
-    assert text.startswith("> ⚠ **Not supported by these runs:** 128 units beat 64 (val_acc of 128 against 64")
-    assert "p = " in text and metadata == {"mlp_claim": {"claim": "128 units beat 64", "detail": metadata["mlp_claim"]["detail"]}}
+    rep.check(
+        "128 units beat 64",
+        rep.compare([1.0, 1.5, 2.2], [1.1, 1.4, 2.0], "128", "64", "val_acc").expect("higher"),
+    )
+    ((text, metadata),) = displayed
+    assert text.startswith(
+        "> ⚠ **Not supported by these runs:** 128 units beat 64 (val_acc of 128 against 64"
+    )
+    assert "p = " in text and metadata == {
+        "mlp_claim": {"claim": "128 units beat 64", "detail": metadata["mlp_claim"]["detail"]}
+    }
 
 
 def test_an_unsupported_claim_fails_under_strict(displayed, monkeypatch):
     monkeypatch.setenv("MLP_STRICT", "1")
-    with pytest.raises(rep.ClaimNotSupported, match="claim not supported by these runs: 'momentum ties on accuracy'"):
-        rep.check("momentum ties on accuracy", rep.compare([1.0, 1.1, 1.2], [2.0, 2.1, 2.2]).expect("same"))
+    with pytest.raises(
+        rep.ClaimNotSupported,
+        match="claim not supported by these runs: 'momentum ties on accuracy'",
+    ):
+        rep.check(
+            "momentum ties on accuracy",
+            rep.compare([1.0, 1.1, 1.2], [2.0, 2.1, 2.2]).expect("same"),
+        )
     rep.check("this one holds", True)  # a claim that holds never fails
     assert displayed == []
 
 
 # ---- formatting and tables -----------------------------------------------------------------------------
 
+
 def test_mean_std():
     assert rep.mean_std([1.0, 3.0], ".1f") == "2.0 ± 1.4"
     assert rep.mean_std([2.5], ".2f") == "2.50"
     assert rep.mean_std([], ".2f") == "–"
-    assert rep.mean_std([1.0, 3.0], ".0f", failed={"diverged": 1}) == "2 ± 1 (2 of 3 seeds; 1 diverged)"
+    assert (
+        rep.mean_std([1.0, 3.0], ".0f", failed={"diverged": 1})
+        == "2 ± 1 (2 of 3 seeds; 1 diverged)"
+    )
     assert rep.mean_std([-0.5, -1.5], ".1f") == "−1.0 ± 0.7"
     assert rep.mean_std_sig([0.006, 0.0068, 0.0062]) == "0.00633 ± 0.00042"
 
@@ -134,29 +177,54 @@ def test_sci():
 
 
 def test_table_renders_as_latex_and_html():
-    df = pd.DataFrame({"network": ["1 × 64 (Task 3)", "1 × 128"], "val acc (%)": ["96.33 ± 0.11", "96.90 ± 0.04"],
-                       "$W_1 / W_{11}$": [rep.sci(1.5e-8), rep.sci(2e-3)], "count": [3, 12345]})
-    table = rep.Table(df, caption="Table 9.9: A test table with 100 % of the rows", formats={"count": ",d"})
+    df = pd.DataFrame(
+        {
+            "network": ["1 × 64 (Task 3)", "1 × 128"],
+            "val acc (%)": ["96.33 ± 0.11", "96.90 ± 0.04"],
+            "$W_1 / W_{11}$": [rep.sci(1.5e-8), rep.sci(2e-3)],
+            "count": [3, 12345],
+        }
+    )
+    table = rep.Table(
+        df, caption="Table 9.9: A test table with 100 % of the rows", formats={"count": ",d"}
+    )
     latex, page = table._repr_latex_(), table._repr_html_()
     assert r"\toprule" in latex and r"\bottomrule" in latex and r"\begin{tabular}{lrrr}" in latex
     assert r"\caption{Table 9.9: A test table with 100 \% of the rows}" in latex
     assert r"$W_1 / W_{11}$" in latex and r"$1.50 \times 10^{-8}$" in latex and "12,345" in latex
     assert "<table" in page and "Table 9.9" in page and "12,345" in page
-    assert "W<sub>1</sub> / W<sub>11</sub>" in page and "10<sup>−8</sup>" in page and "$" not in page
-    assert re.search(r"td\.col0 \{\s*text-align: left", page) and not re.search(r"td\.col1 \{", page)  # words left, numbers right
+    assert (
+        "W<sub>1</sub> / W<sub>11</sub>" in page and "10<sup>−8</sup>" in page and "$" not in page
+    )
+    assert re.search(r"td\.col0 \{\s*text-align: left", page) and not re.search(
+        r"td\.col1 \{", page
+    )  # words left, numbers right
     assert table._repr_html_() == page  # the same output build after build
 
 
 def test_runs_table_and_failures():
     def history(seed, val_acc, reason="early_stopping"):
-        h = mlp.History(config=mlp.RunConfig(seed=seed, name="net"), stop_reason=reason, best_val_loss=0.3, best_step=125)
+        h = mlp.History(
+            config=mlp.RunConfig(seed=seed, name="net"),
+            stop_reason=reason,
+            best_val_loss=0.3,
+            best_step=125,
+        )
         h.final = dict(train_loss=0.1, val_loss=0.3, train_acc=0.99, val_acc=val_acc)
         return h
+
     runs = rep.Runs({"net": [history(0, 0.96), history(1, 0.97), history(2, math.nan, "diverged")]})
     assert list(runs.per_seed("net", "val_acc")) == [96.0, 97.0]
     assert runs.mean_std("net", "val_acc", ".1f") == "96.5 ± 0.7 (2 of 3 seeds; 1 diverged)"
     df = runs.table(rep.FINAL_COLUMNS, seeds=True)
-    assert list(df.columns) == ["network", "seeds", "train loss", "val loss", "train acc (%)", "val acc (%)"]
+    assert list(df.columns) == [
+        "network",
+        "seeds",
+        "train loss",
+        "val loss",
+        "train acc (%)",
+        "val acc (%)",
+    ]
     assert "inf" not in df.to_string() and "nan" not in df.to_string()
 
 
@@ -170,6 +238,7 @@ def test_equal_width_for_budget():
 def test_module_sizes():
     """The ML core and the report layer stay small enough to read in one sitting."""
     from pathlib import Path
+
     root = Path(mlp.__file__).parent
     for module, limit in (("mlp_core.py", 600), ("mlp_report.py", 600)):
         assert len((root / module).read_text().splitlines()) <= limit, module

@@ -1,5 +1,6 @@
 """The run store and the experiment runner: reuse, damaged and foreign entries, what is never
 stored, parallel runs equal serial ones, and Ctrl-C."""
+
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 class _Exploit:
     """Unpickling this creates a file: proof that a store entry's pickle was run."""
+
     def __init__(self, marker: Path):
         self.marker = marker
 
@@ -33,8 +35,13 @@ def store(tmp_path):
 
 
 def same_history(a: mlp.History, b: mlp.History) -> bool:
-    return (a.train_loss == b.train_loss and a.val_loss == b.val_loss and a.final == b.final
-            and a.stop_reason == b.stop_reason and all(np.array_equal(x, y) for x, y in zip(a.weights, b.weights)))
+    return (
+        a.train_loss == b.train_loss
+        and a.val_loss == b.val_loss
+        and a.final == b.final
+        and a.stop_reason == b.stop_reason
+        and all(np.array_equal(x, y) for x, y in zip(a.weights, b.weights))
+    )
 
 
 def test_a_stored_run_is_reused(store, monkeypatch):
@@ -42,7 +49,9 @@ def test_a_stored_run_is_reused(store, monkeypatch):
     (trained,) = mlp_runs.run_experiments([cfg], store=store, n_jobs=1, progress=False)
     assert len(list(store.folder.glob("run-*.npz"))) == 1
     monkeypatch.setattr(mlp, "train", lambda *a, **k: pytest.fail("a stored run was trained again"))
-    (again,) = mlp_runs.run_experiments([cfg.replace(name="another name")], store=store, n_jobs=1, progress=False)
+    (again,) = mlp_runs.run_experiments(
+        [cfg.replace(name="another name")], store=store, n_jobs=1, progress=False
+    )
     assert same_history(again, trained) and again.config.name == "another name"
     assert again.step_times == trained.step_times and again.grad_norms == trained.grad_norms
 
@@ -57,8 +66,12 @@ def test_runs_differing_only_in_name_train_once(store, monkeypatch):
     calls = []
     real = mlp_runs._train_quietly
     monkeypatch.setattr(mlp_runs, "_train_quietly", lambda c: calls.append(c) or real(c))
-    a, b = mlp_runs.run_experiments([mlp.RunConfig(**QUICK, name="A"), mlp.RunConfig(**QUICK, name="B")],
-                                    store=store, n_jobs=1, progress=False)
+    a, b = mlp_runs.run_experiments(
+        [mlp.RunConfig(**QUICK, name="A"), mlp.RunConfig(**QUICK, name="B")],
+        store=store,
+        n_jobs=1,
+        progress=False,
+    )
     assert len(calls) == 1 and a.config.name == "A" and b.config.name == "B" and a.final == b.final
 
 
@@ -78,21 +91,29 @@ def test_a_damaged_or_foreign_entry_is_set_aside_and_retrained(store, damage):
         other = mlp.RunConfig(**QUICK, seed=5)
         mlp_runs.run_experiments([other], store=store, n_jobs=1, progress=False)
         os.replace(store.path(other), path)
-    with pytest.warns(RuntimeWarning, match=rf"run store: {path.name} could not be used .*moved aside to "
-                                           rf"{path.stem}.damaged and the run .* will be trained again"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=rf"run store: {path.name} could not be used .*moved aside to "
+        rf"{path.stem}.damaged and the run .* will be trained again",
+    ):
         (again,) = mlp_runs.run_experiments([cfg], store=store, n_jobs=1, progress=False)
     assert same_history(again, good)
-    assert path.with_suffix(".damaged").exists() and store.load(cfg) is not None  # the new entry is good
+    assert (
+        path.with_suffix(".damaged").exists() and store.load(cfg) is not None
+    )  # the new entry is good
     if damage == "pickle":
         assert not (path.parent / "pwned").exists()
 
 
 def test_unfinished_runs_are_never_stored(store, small_data):
-    stopped = mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False, should_stop=lambda: True)
+    stopped = mlp.train(
+        mlp.RunConfig(**QUICK), small_data, progress=False, should_stop=lambda: True
+    )
     assert stopped.stop_reason == "stopped" and not store.save(stopped)
     with pytest.warns(RuntimeWarning, match="diverged"):
-        (diverged,) = mlp_runs.run_experiments([mlp.RunConfig(**QUICK, learning_rate=1e6)], store=store, n_jobs=1,
-                                               progress=False)
+        (diverged,) = mlp_runs.run_experiments(
+            [mlp.RunConfig(**QUICK, learning_rate=1e6)], store=store, n_jobs=1, progress=False
+        )
     assert diverged.stop_reason == "diverged" and list(store.folder.glob("*.npz")) == []
 
 
@@ -104,17 +125,26 @@ def test_ctrl_c_stops_a_serial_sweep(store, monkeypatch):
     def interrupted_after_one_validation(config, **kwargs):
         started.append(config)
         return real(config, **kwargs, callback=lambda h: (_ for _ in ()).throw(KeyboardInterrupt))
+
     monkeypatch.setattr(mlp, "train", interrupted_after_one_validation)
     with pytest.raises(KeyboardInterrupt):
-        mlp_runs.run_experiments([mlp.RunConfig(**QUICK, seed=s) for s in range(3)], store=store, n_jobs=1,
-                                 progress=False)
+        mlp_runs.run_experiments(
+            [mlp.RunConfig(**QUICK, seed=s) for s in range(3)],
+            store=store,
+            n_jobs=1,
+            progress=False,
+        )
     assert len(started) == 1 and list(store.folder.glob("*.npz")) == []
 
 
 def test_parallel_runs_equal_serial_runs(tmp_path):
     configs = [mlp.RunConfig(**QUICK, seed=s) for s in (0, 1)]
-    serial = mlp_runs.run_experiments(configs, store=mlp_runs.RunStore(tmp_path / "a"), n_jobs=1, progress=False)
-    parallel = mlp_runs.run_experiments(configs, store=mlp_runs.RunStore(tmp_path / "b"), n_jobs=2, progress=False)
+    serial = mlp_runs.run_experiments(
+        configs, store=mlp_runs.RunStore(tmp_path / "a"), n_jobs=1, progress=False
+    )
+    parallel = mlp_runs.run_experiments(
+        configs, store=mlp_runs.RunStore(tmp_path / "b"), n_jobs=2, progress=False
+    )
     for a, b in zip(serial, parallel):
         assert a.config == b.config and same_history(a, b)
 
@@ -134,7 +164,9 @@ SWEEP = textwrap.dedent("""
 
 
 def _children(pid: int) -> list[int]:
-    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True
+    ).stdout
     return [int(p) for p in out.split()]
 
 
@@ -150,9 +182,15 @@ def _alive(pid: int) -> bool:
 def test_sigint_ends_a_parallel_sweep_within_seconds(tmp_path, mnist_path):
     script = tmp_path / "sweep.py"
     script.write_text(SWEEP)
-    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "runs")], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "runs")],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 60
     while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:  # the workers have started
         time.sleep(0.2)
@@ -162,14 +200,21 @@ def test_sigint_ends_a_parallel_sweep_within_seconds(tmp_path, mnist_path):
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     out, _ = proc.communicate(timeout=10)
     assert time.monotonic() - t0 < 3, "the sweep took longer than 3 s to stop"
-    assert proc.returncode == 130 and "interrupted" in out and "leaked" not in out and "Traceback" not in out
+    assert (
+        proc.returncode == 130
+        and "interrupted" in out
+        and "leaked" not in out
+        and "Traceback" not in out
+    )
     time.sleep(0.5)
     assert not [p for p in workers if _alive(p)], "a worker process outlived the sweep"
     assert list((tmp_path / "runs").glob("*.tmp")) == []
 
 
 def test_changing_one_experiment_trains_only_its_runs(store, monkeypatch):
-    configs = [mlp.RunConfig(**QUICK, seed=s, name="a") for s in (0, 1)] + [mlp.RunConfig(**QUICK, seed=0, name="b")]
+    configs = [mlp.RunConfig(**QUICK, seed=s, name="a") for s in (0, 1)] + [
+        mlp.RunConfig(**QUICK, seed=0, name="b")
+    ]
     mlp_runs.run_experiments(configs, store=store, n_jobs=1, progress=False)
     trained = []
     real = mlp_runs._train_quietly

@@ -1,4 +1,5 @@
 """The trainer: the protocol's cadence, early stopping, determinism, failure handling, records."""
+
 import math
 
 import numpy as np
@@ -21,13 +22,20 @@ def test_protocol_cadence(small_data):
     assert set(h.final) == {"train_loss", "val_loss", "train_acc", "val_acc"}
     # the final metrics are those of the final weights on the whole sets
     model = h.model()
-    loss, acc = mlp.evaluate(model, mlp.Split(small_data.val.X, small_data.val.Y, small_data.val.labels))
+    loss, acc = mlp.evaluate(
+        model, mlp.Split(small_data.val.X, small_data.val.Y, small_data.val.labels)
+    )
     assert h.final["val_loss"] == pytest.approx(loss) and h.final["val_acc"] == pytest.approx(acc)
 
 
 def test_the_full_protocol_numbers():
     cfg = mlp.RunConfig()
-    assert (cfg.steps_per_epoch, cfg.validation_interval, cfg.batch_size, cfg.learning_rate) == (625, 125, 32, 0.1)
+    assert (cfg.steps_per_epoch, cfg.validation_interval, cfg.batch_size, cfg.learning_rate) == (
+        625,
+        125,
+        32,
+        0.1,
+    )
     assert (cfg.max_epochs, cfg.patience, cfg.n_train, cfg.n_val) == (50, 50, 20_000, 10_000)
 
 
@@ -53,7 +61,7 @@ def test_early_stopping_after_exactly_patience_validations(monkeypatch, small_da
     cfg = mlp.RunConfig(n_train=640, n_val=500, max_epochs=50)
     h = mlp.train(cfg, small_data, progress=False)
     assert h.stop_reason == "early_stopping"
-    assert len(h.val_loss) == 10 + 50                      # stopped right after the 50th non-improvement
+    assert len(h.val_loss) == 10 + 50  # stopped right after the 50th non-improvement
     assert h.best_val_loss == pytest.approx(1.1) and h.best_step == 9 * 4
     assert h.val_steps[-1] == 59 * 4 and h.steps == 59 * 4 + 1
 
@@ -85,9 +93,14 @@ def test_float64_and_float32_agree(small_data):
 
 def test_a_non_finite_loss_is_divergence(small_data):
     cfg = mlp.RunConfig(**QUICK, learning_rate=1e30, activation="improved_sigmoid")
-    with pytest.warns(RuntimeWarning, match=r"diverged: at step \d+ the loss was .*Lower the learning rate \(now 1e\+30\)"):
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"diverged: at step \d+ the loss was .*Lower the learning rate \(now 1e\+30\)",
+    ):
         h = mlp.train(cfg, small_data, progress=False)
-    assert h.stop_reason == "diverged" and not h.completed and "Lower the learning rate" in h.message
+    assert (
+        h.stop_reason == "diverged" and not h.completed and "Lower the learning rate" in h.message
+    )
     assert not math.isfinite(h.train_loss[-1]) and h.steps < 60
     assert math.isnan(h.final["val_loss"])
 
@@ -98,14 +111,22 @@ def test_a_huge_loss_is_divergence_before_any_overflow(small_data):
         h = mlp.train(mlp.RunConfig(**QUICK, learning_rate=1e6), small_data, progress=False)
     assert h.stop_reason == "diverged" and h.val_loss[-1] > mlp.DIVERGED_LOSS
     assert h.val_steps[-1] == 20  # the first validation after the first epoch
-    with pytest.warns(RuntimeWarning, match=r"Lower the learning rate \(now 1000\) or the momentum \(now 0.9\)"):
-        h = mlp.train(mlp.RunConfig(**QUICK, learning_rate=1e3, momentum=0.9), small_data, progress=False)
+    with pytest.warns(
+        RuntimeWarning, match=r"Lower the learning rate \(now 1000\) or the momentum \(now 0.9\)"
+    ):
+        h = mlp.train(
+            mlp.RunConfig(**QUICK, learning_rate=1e3, momentum=0.9), small_data, progress=False
+        )
     assert h.stop_reason == "diverged"
 
 
 def test_divergence_within_a_single_epoch_is_caught_at_the_end(small_data):
     with pytest.warns(RuntimeWarning, match="diverged"):
-        h = mlp.train(mlp.RunConfig(**dict(QUICK, max_epochs=1), learning_rate=1e6), small_data, progress=False)
+        h = mlp.train(
+            mlp.RunConfig(**dict(QUICK, max_epochs=1), learning_rate=1e6),
+            small_data,
+            progress=False,
+        )
     assert h.stop_reason == "diverged"
 
 
@@ -120,10 +141,20 @@ def test_training_runs_on_one_blas_thread(small_data):
     seen = []
 
     def blas_threads(hist):
-        seen.append({i["num_threads"] for i in threadpoolctl.threadpool_info()  # numpy's BLAS (scipy may bring its own)
-                     if i["user_api"] == "blas" and "numpy" in i["filepath"]})
+        seen.append(
+            {
+                i["num_threads"]
+                for i in threadpoolctl.threadpool_info()  # numpy's BLAS (scipy may bring its own)
+                if i["user_api"] == "blas" and "numpy" in i["filepath"]
+            }
+        )
 
-    mlp.train(mlp.RunConfig(n_train=640, n_val=500, max_epochs=1), small_data, progress=False, callback=blas_threads)
+    mlp.train(
+        mlp.RunConfig(n_train=640, n_val=500, max_epochs=1),
+        small_data,
+        progress=False,
+        callback=blas_threads,
+    )
     assert seen and all(s == {1} for s in seen)
 
 
@@ -139,8 +170,13 @@ def test_interrupt_returns_the_history_so_far(small_data):
 
 def test_should_stop_and_callback(small_data):
     seen = []
-    h = mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False,
-                  callback=lambda hist: seen.append(len(hist.val_loss)), should_stop=lambda: len(seen) >= 2)
+    h = mlp.train(
+        mlp.RunConfig(**QUICK),
+        small_data,
+        progress=False,
+        callback=lambda hist: seen.append(len(hist.val_loss)),
+        should_stop=lambda: len(seen) >= 2,
+    )
     assert h.stop_reason == "stopped" and seen == [1, 2] and h.steps == 5
 
 
