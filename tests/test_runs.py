@@ -65,7 +65,9 @@ def test_the_key_covers_the_config_and_the_core(store):
 def test_runs_differing_only_in_name_train_once(store, monkeypatch):
     calls = []
     real = mlp_runs._train_quietly
-    monkeypatch.setattr(mlp_runs, "_train_quietly", lambda c: calls.append(c) or real(c))
+    monkeypatch.setattr(
+        mlp_runs, "_train_quietly", lambda c, **kw: calls.append(c) or real(c, **kw)
+    )
     a, b = mlp_runs.run_experiments(
         [mlp.RunConfig(**QUICK, name="A"), mlp.RunConfig(**QUICK, name="B")],
         store=store,
@@ -122,9 +124,14 @@ def test_ctrl_c_stops_a_serial_sweep(store, monkeypatch):
     real = mlp.train
     started = []
 
-    def interrupted_after_one_validation(config, **kwargs):
+    def interrupted_after_one_validation(config, callback, **kwargs):
         started.append(config)
-        return real(config, **kwargs, callback=lambda h: (_ for _ in ()).throw(KeyboardInterrupt))
+
+        def report_then_interrupt(hist):
+            callback(hist)
+            raise KeyboardInterrupt
+
+        return real(config, **kwargs, callback=report_then_interrupt)
 
     monkeypatch.setattr(mlp, "train", interrupted_after_one_validation)
     with pytest.raises(KeyboardInterrupt):
@@ -218,7 +225,9 @@ def test_changing_one_experiment_trains_only_its_runs(store, monkeypatch):
     mlp_runs.run_experiments(configs, store=store, n_jobs=1, progress=False)
     trained = []
     real = mlp_runs._train_quietly
-    monkeypatch.setattr(mlp_runs, "_train_quietly", lambda c: trained.append(c.name) or real(c))
+    monkeypatch.setattr(
+        mlp_runs, "_train_quietly", lambda c, **kw: trained.append(c.name) or real(c, **kw)
+    )
     changed = configs[:2] + [configs[2].replace(learning_rate=0.05)]
     mlp_runs.run_experiments(changed, store=store, n_jobs=1, progress=False)
     assert trained == ["b"]
