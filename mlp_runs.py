@@ -479,6 +479,12 @@ def _in_jupyter() -> bool:
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
 
 
+def _tqdm_disabled() -> bool:
+    """TQDM_DISABLE (as tqdm reads it) switches every progress display off, the plain lines too."""
+    value = os.environ.get("TQDM_DISABLE", "").strip().lower()
+    return value not in ("", "0", "false", "no", "off")
+
+
 def _clock_text(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     hours, rest = divmod(seconds, 3600)
@@ -521,9 +527,9 @@ class SweepProgress:
     student: an honest bound first, then an estimate that gets better as runs finish, instead of a
     "?" or a bound that stays far too long for the whole sweep.
 
-    Shown as a widget in Jupyter, as a bar redrawn in place on a terminal, and as plain lines (one
-    at the start, one every LINE_INTERVAL seconds, one at the end) when the output is a file or a
-    pipe.
+    Shown (unless TQDM_DISABLE is set) as a widget in Jupyter, as a bar redrawn in place on a
+    terminal, and as plain lines (one at the start, one every LINE_INTERVAL seconds, one at the end)
+    when the output is a file or a pipe.
     """
 
     LINE_INTERVAL = 20.0  # seconds between plain lines (a few per minute at most)
@@ -558,13 +564,14 @@ class SweepProgress:
         if mode is None:
             is_terminal = getattr(self.file, "isatty", lambda: False)()
             mode = "widget" if _in_jupyter() else "bar" if is_terminal else "lines"
-        self.mode = mode if enabled and self.runs else "off"
+        self.mode = mode if enabled and self.runs and not _tqdm_disabled() else "off"
         if self.mode in ("widget", "bar"):
             from tqdm.auto import tqdm
 
             self._bar = tqdm(
                 total=1000,
                 desc=desc,
+                disable=False,  # decided above (tqdm would read TQDM_DISABLE only at its import)
                 file=self.file,
                 dynamic_ncols=True,
                 leave=True,
