@@ -48,8 +48,10 @@ def scripted_validation(monkeypatch, losses):
     """Replace the evaluation of the validation set by a scripted sequence of validation losses."""
     values, real = iter(losses), mlp.evaluate
 
-    def fake(model, split, ws=None):
-        return (next(values, 1.0), 0.5) if len(split) == 500 else real(model, split, ws)
+    def fake(model, split, ws=None, should_stop=None):
+        if len(split) == 500:
+            return next(values, 1.0), 0.5
+        return real(model, split, ws, should_stop)
 
     monkeypatch.setattr(mlp, "evaluate", fake)
 
@@ -106,7 +108,7 @@ def test_a_non_finite_loss_is_divergence(small_data):
 
 
 def test_a_huge_loss_is_divergence_before_any_overflow(small_data):
-    """lr 1e6 never overflows, it just keeps the loss far above a uniform guess's: still divergence."""
+    """lr 1e6 never overflows, it keeps the loss far above a uniform guess's: still divergence."""
     with pytest.warns(RuntimeWarning, match="diverged"):
         h = mlp.train(mlp.RunConfig(**QUICK, learning_rate=1e6), small_data, progress=False)
     assert h.stop_reason == "diverged" and h.val_loss[-1] > mlp.DIVERGED_LOSS
@@ -165,7 +167,56 @@ def test_interrupt_returns_the_history_so_far(small_data):
 
     h = mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False, callback=interrupt)
     assert h.stop_reason == "interrupted" and len(h.val_loss) == 3 and h.steps == 9
-    assert math.isfinite(h.final["val_loss"])
+    # an unfinished run has no final metrics (they would take a whole evaluation); its last
+    # validation says where it got
+    assert all(math.isnan(v) for v in h.final.values()) and math.isfinite(h.val_loss[-1])
+
+
+@pytest.mark.parametrize("ending", ["stopped", "interrupted"])
+def test_an_unfinished_run_with_a_high_loss_is_not_called_diverged(small_data, ending):
+    """A run the user stops early, while its loss is still above 23 (a huge learning rate's first
+    steps), ends as the user asked: not relabelled "diverged" with advice to lower the rate."""
+
+    first_validation_done = []
+
+    def end_it(hist):
+        if ending == "interrupted":
+            raise KeyboardInterrupt
+        first_validation_done.append(True)
+
+    config = mlp.RunConfig(**QUICK, learning_rate=50.0)
+    h = mlp.train(
+        config,
+        small_data,
+        progress=False,
+        callback=end_it,
+        should_stop=lambda: bool(first_validation_done),
+    )
+    assert h.stop_reason == ending and h.message == ""
+    assert h.val_loss[-1] > mlp.DIVERGED_LOSS  # the loss that used to trigger the relabelling
+
+
+def test_stop_is_honoured_inside_an_evaluation(small_data):
+    """should_stop() is asked between the chunks of an evaluation: a Stop during a long
+    validation ends the run there, without finishing the validation."""
+    calls = []
+
+    def stop_in_the_first_validation():
+        calls.append(1)
+        return len(calls) == 2  # the first call comes before the first chunk of step 0's check
+
+    config = mlp.RunConfig(**QUICK)
+    h = mlp.train(config, small_data, progress=False, should_stop=stop_in_the_first_validation)
+    assert h.stop_reason == "stopped" and h.steps == 1 and h.val_loss == []
+
+
+def test_huge_networks_evaluate_in_small_chunks():
+    """A chunk of an evaluation costs at most about 2 GFLOP, so a Stop is seen within a fraction
+    of a second even for the explorer's largest network; the protocol's networks use 2,048."""
+    assert mlp.evaluation_rows(mlp.MLP([64, 10], rng=0)) == 2048
+    assert mlp.evaluation_rows(mlp.MLP([64] * 10 + [10], rng=0)) == 2048
+    huge = mlp.MLP([2048] * 8 + [10], rng=0, dtype="float32")
+    assert mlp.evaluation_rows(huge) == 64
 
 
 def test_should_stop_and_callback(small_data):
@@ -186,7 +237,7 @@ def test_gradient_norms_are_recorded(small_data):
     norms = np.asarray(h.grad_norms)
     assert norms.shape == (len(h.val_steps), 5) and len(h.init_grad_norms) == 5
     assert np.isfinite(norms).all() and (norms > 0).all()
-    # sigmoid layers shrink the gradient on its way back: the first layer's is the smallest at the start
+    # sigmoid layers shrink the gradient on its way back: the first layer's is smallest at the start
     assert h.init_grad_norms[0] < h.init_grad_norms[-1]
 
 
