@@ -855,7 +855,7 @@ def _train_on_dask(client, todo: list[mlp.RunConfig], progress: SweepProgress):
             key = f"mlp-run-{run_key(config)}-{token[:8]}"
             future = client.submit(_train_on_dask_worker, config, index, token, key=key, pure=False)
             futures[future] = index
-        finished = distributed.as_completed(futures)
+        finished = distributed.as_completed(futures, loop=client.loop)
         while not finished.is_empty():
             while True:
                 try:
@@ -904,7 +904,8 @@ def _dask_client(client):
         return
     distributed = _import_distributed()
     try:
-        own = distributed.Client(address, timeout="20s", set_as_default=False)
+        # waits distributed.comm.timeouts.connect (dask's setting, 30 s by default)
+        own = distributed.Client(address, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
         raise RuntimeError(
             f"MLP_DASK_SCHEDULER={address}: no Dask scheduler could be reached ({exc}). Start one "

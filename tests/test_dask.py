@@ -1,0 +1,185 @@
+"""Sweeps on a Dask cluster (`pytest -k dask`): a LocalCluster of two worker processes trains a
+small sweep bit for bit like the local pool, stores it on the client's side, is found through
+MLP_DASK_SCHEDULER, and is left with no busy worker by Ctrl-C or an error; a missing extra or an
+unreachable scheduler is one clear error."""
+
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# Dask reads its configuration folder at import: never $HOME (before anything imports dask)
+_DASK_HOME = Path(tempfile.mkdtemp(prefix="mlp-test-dask-"))
+os.environ.setdefault("DASK_CONFIG", str(_DASK_HOME / "config"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import mlp_core as mlp  # noqa: E402
+import mlp_runs  # noqa: E402
+
+TINY = dict(n_train=320, n_val=200, max_epochs=2)
+LONG = dict(
+    n_train=2000, n_val=500, max_epochs=2000, patience=10**6
+)  # many minutes, unless stopped
+
+
+@pytest.fixture(scope="module")
+def client():
+    distributed = pytest.importorskip(
+        "distributed", reason=f"the Dask extra is not installed: {mlp_runs.DASK_EXTRA_HINT}"
+    )
+    import dask
+
+    scratch = _DASK_HOME / "scratch"
+    with dask.config.set({"temporary-directory": str(scratch)}):
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            processes=True,
+            threads_per_worker=1,
+            host="127.0.0.1",
+            dashboard_address=None,
+            local_directory=str(scratch),
+            silence_logs=logging.ERROR,
+        )
+        with cluster, distributed.Client(cluster, set_as_default=False) as dask_client:
+            yield dask_client
+
+
+def _fields(h: mlp.History) -> dict:
+    """Everything a run computes (not its timings), weights as bytes."""
+    return dict(
+        config=h.config,
+        lists=[getattr(h, name) for name in mlp_runs._LISTS if not name.endswith("_times")],
+        stop=(h.stop_reason, h.message, h.best_val_loss, h.best_step, h.final),
+        weights=[(w.dtype, w.shape, w.tobytes()) for w in h.weights],
+    )
+
+
+def _idle(client, within: float = 10.0) -> bool:
+    """True once no task is processing on the scheduler and no worker executes one."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not any(client.processing().values()) and not any(_executing(client)):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_dask_sweep_equals_the_local_pool_bit_for_bit(client, tmp_path):
+    configs = [mlp.RunConfig(**TINY, seed=s, name=f"seed {s}") for s in (0, 1)]
+    configs.append(mlp.RunConfig(**TINY, activation="improved_sigmoid", init="fan_in"))
+    on_dask = mlp_runs.run_experiments(
+        configs, store=mlp_runs.RunStore(tmp_path / "dask"), client=client, progress=False
+    )
+    local = mlp_runs.run_experiments(
+        configs, store=mlp_runs.RunStore(tmp_path / "local"), n_jobs=2, progress=False
+    )
+    for a, b in zip(on_dask, local):
+        assert a.completed and _fields(a) == _fields(b)
+    # stored on the client's side, and found there again without the cluster
+    stored = mlp_runs.RunStore(tmp_path / "dask")
+    assert all(config in stored for config in configs)
+    again = mlp_runs.run_experiments(configs, store=stored, n_jobs=1, progress=False)
+    assert [_fields(h) for h in again] == [_fields(h) for h in on_dask]
+
+
+def test_mlp_dask_scheduler_sends_the_sweep_to_that_cluster(client, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLP_DASK_SCHEDULER", client.scheduler.address)
+    for local in ("_train_here", "_train_in_pool"):
+        monkeypatch.setattr(mlp_runs, local, lambda *a: pytest.fail("trained on this machine"))
+    log = []
+    monkeypatch.setattr(mlp_runs.SweepProgress, "_print", lambda self, line: log.append(line))
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))  # not a terminal: plain lines
+    configs = [mlp.RunConfig(**TINY, seed=s) for s in (3, 4)]
+    histories = mlp_runs.run_experiments(configs, store=mlp_runs.RunStore(tmp_path))
+    sys.stderr.close()
+    assert all(h.completed for h in histories)
+    where = f"on the Dask cluster at {client.scheduler.address} (2 worker threads now)"
+    assert log[0] == f"training: 2 runs to train {where}."
+    assert log[-1].startswith("training: 2/2 runs done in ")
+
+
+def _executing(client) -> list[int]:
+    return list(client.run(lambda dask_worker: len(dask_worker.state.executing)).values())
+
+
+def _interrupt_when_both_train(client, fired: list) -> None:
+    """Ctrl-C (a real SIGINT) once both workers are training."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if _executing(client) == [1, 1]:
+            time.sleep(1.0)  # into their steps
+            fired.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        time.sleep(0.1)
+
+
+def test_ctrl_c_cancels_every_dask_task(client, tmp_path):
+    configs = [mlp.RunConfig(**LONG, seed=s) for s in range(3)]  # two train, one waits
+    fired = []
+    interrupter = threading.Thread(target=_interrupt_when_both_train, args=(client, fired))
+    interrupter.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            mlp_runs.run_experiments(
+                configs, store=mlp_runs.RunStore(tmp_path), client=client, progress=False
+            )
+    finally:
+        interrupter.join()
+    assert fired, "the runs never started on the cluster"
+    assert time.monotonic() - fired[0] < 30, "the sweep went on long after Ctrl-C"
+    assert _idle(client), "a Dask worker was still busy after Ctrl-C"
+    assert list(tmp_path.glob("*")) == []
+
+
+def test_an_error_on_a_worker_cancels_the_rest(client, tmp_path):
+    long_run = mlp.RunConfig(**LONG)
+    impossible = mlp.RunConfig(**dict(TINY, n_train=70_000))  # MNIST has 60,000 training images
+    with pytest.raises(ValueError, match="n_train"):
+        mlp_runs.run_experiments(
+            [long_run, impossible],
+            store=mlp_runs.RunStore(tmp_path),
+            client=client,
+            progress=False,
+        )
+    assert _idle(client), "a Dask worker was still busy after the error"
+
+
+def test_a_missing_dask_extra_is_named(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` fails
+    monkeypatch.setenv("MLP_DASK_SCHEDULER", "tcp://127.0.0.1:8786")
+    with pytest.raises(ImportError, match=r"dask\[distributed\]: pip install -e '\.\[dask\]'"):
+        mlp_runs.run_experiments(
+            [mlp.RunConfig(**TINY)], store=mlp_runs.RunStore(tmp_path), progress=False
+        )
+
+
+def test_an_unreachable_dask_scheduler_is_named(tmp_path, monkeypatch):
+    pytest.importorskip("distributed", reason=f"needs the Dask extra: {mlp_runs.DASK_EXTRA_HINT}")
+    import dask
+
+    monkeypatch.setenv("MLP_DASK_SCHEDULER", "tcp://127.0.0.1:9")  # the discard port: no scheduler
+    with (
+        dask.config.set({"distributed.comm.timeouts.connect": "2s"}),
+        pytest.raises(RuntimeError, match=r"MLP_DASK_SCHEDULER=tcp://127\.0\.0\.1:9: no Dask"),
+    ):
+        mlp_runs.run_experiments(
+            [mlp.RunConfig(**TINY)], store=mlp_runs.RunStore(tmp_path), progress=False
+        )
+
+
+def test_nothing_to_train_needs_no_cluster(tmp_path, monkeypatch):
+    store = mlp_runs.RunStore(tmp_path)
+    (trained,) = mlp_runs.run_experiments(
+        [mlp.RunConfig(**TINY)], store=store, n_jobs=1, progress=False
+    )
+    monkeypatch.setenv("MLP_DASK_SCHEDULER", "tcp://127.0.0.1:9")
+    (again,) = mlp_runs.run_experiments([mlp.RunConfig(**TINY)], store=store, progress=False)
+    assert np.array_equal(again.weights[0], trained.weights[0])
