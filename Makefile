@@ -50,7 +50,7 @@ $(VENV)/.installed: requirements.txt constraints.txt pyproject.toml
 	@echo "Setting up the virtual environment .venv (pinned packages)..."
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -qq -r requirements.txt -c constraints.txt
-	@$(PY) -m pip install -qq --no-deps -e .
+	@$(PY) -m pip install -qq -c constraints.txt -e '.[dask]'
 	@touch $@
 
 # Debian packages: xelatex and pandoc (the PDF), pdftotext (tests read the PDF), chromium (browser tests).
