@@ -1,33 +1,53 @@
-"""Speed benchmark: mlp_core against a plain numpy implementation of the protocol (`make bench`).
+"""Speed benchmark: mlp_core against its floor on this machine, a plain numpy implementation of
+the protocol and, when torch is importable, PyTorch eager (`make bench`).
 
-    .venv/bin/python bench/bench.py            # the full benchmark (about a minute and a half)
-    .venv/bin/python bench/bench.py --quick    # a few seconds, small data: checks that it runs
-    .venv/bin/python bench/bench.py --against 78208ef   # today's mlp_core beside that commit's (~1 min)
+    .venv/bin/python bench/bench.py            # the full benchmark (about two minutes)
+    .venv/bin/python bench/bench.py --quick    # small data, one round: checks that it runs
+    .venv/bin/python bench/bench.py --against 78208ef   # today's mlp_core beside 78208ef's (~1 min)
+    .venv/bin/python bench/bench.py --core /tmp/proposal/mlp_core.py --against HEAD  # a proposal
 
 For the networks [64], [128] and ten hidden layers of 64, one process runs, interleaved and
-repeated, one protocol epoch (reshuffle, 625 steps of 32 images, a validation every 125 steps
-from step 0: loss and accuracy on the 10,000 validation images and on the 20,000 training images)
-of each implementation:
+repeated (medians of --repeats rounds), one protocol epoch (reshuffle, 625 steps of 32 images, a
+validation every 125 steps from step 0: loss and accuracy on the 10,000 validation images and on
+the 20,000 training images) of each implementation:
 
+* the floor (bench/floor.py): 5 x the first layer's product over the 30,000 images a validation
+  evaluates (30,000 x 785 @ 785 x width, float32, one call) + 625 x the per-call cost of every
+  numpy primitive of a training step (each timed alone, in a loop, at the step's shapes); one BLAS
+  thread. It is measured in every round, and each epoch is given as a ratio to the floor of its
+  own round ("× floor"): the machine is shared and noisy, ratios within a round much less so;
 * reference: bench/reference_mlp.py, plain numpy as a student would write it (float64, new arrays
   on every step, three separate passes per validation);
 * mlp_core in float64 and in float32 (the default), one BLAS thread (train()'s default), and
   float32 with two BLAS threads;
-* PyTorch eager on the CPU, float32, one thread, when torch can be imported.
+* PyTorch eager on the CPU, float32, one thread (torch.set_num_threads(1)), the same network
+  785-64-10 sigmoid, the same initial weights, batch 32, 625 steps over a fresh permutation, SGD
+  lr 0.1 (torch.optim.SGD), 5 validations over the same 20,000 + 10,000 images, beside mlp_core
+  float32 in the same rounds. Only when torch can be imported: torch is not a dependency of the
+  project. To get these rows, make a throwaway environment, e.g.
+      python3 -m venv /tmp/torchvenv
+      /tmp/torchvenv/bin/pip install torch numpy==2.4.6 threadpoolctl==3.8.0 tqdm
+      PYTHONPATH=. /tmp/torchvenv/bin/python bench/bench.py
+  (a CPU build of torch; on this project's machines pip finds one locally).
 
 The numpy implementations start from the same initial weights and shuffle with the same generator,
-so they take the same steps (PyTorch: the same initial weights, its own shuffling). The table gives,
-as medians over the repeats: the time of a training step (the epoch minus its validations, per
-step), of one validation pass, and of the whole protocol epoch (steps + 5 validations), the
-system (kernel) CPU time of the epoch, the speed-up over the reference, and the ratio to the FLOP
-limit: the time the epoch's matrix products would take at the float32 matmul peak (--peak-gflops,
-190 GFLOP/s measured on the project's machine; the peak of one thread of the BLAS in use is
-measured and printed too). Rows that start a second thread run after the single-threaded ones.
-The plain reference allocates large arrays on every step, so its time depends on how fast the
-kernel hands out and takes back memory: where its "sys ms" is high, its steps were slowed by that.
+so they take the same steps (PyTorch: the same initial weights, its own shuffling). The header
+names the CPU model and the BLAS library numpy uses (threadpoolctl: internal_api, version, kernel
+architecture, threads). The table gives, as medians over the rounds: the time of a training step
+(the epoch minus its validations, per step), of one validation pass, of the whole protocol epoch
+(steps + 5 validations), the share of the epoch spent in training steps (the rest: validations),
+the system (kernel) CPU time of the epoch, the speed-up over the reference, the ratio to the
+floor, and the ratio to the FLOP limit: the time the epoch's matrix products would take at the
+float32 matmul peak (--peak-gflops, 190 GFLOP/s measured on the project's machine; the peak of one
+thread of the BLAS in use is measured and printed too). Rows that start a second thread (two BLAS
+threads, PyTorch) run after the single-threaded ones, in their own interleaved rounds. The plain
+reference allocates large arrays on every step, so its time depends on how fast the kernel hands
+out and takes back memory: where its "sys ms" is high, its steps were slowed by that.
 
-Then: how closely float32 and float64 runs of the same seed agree (and the reference with
-mlp_core in float64), and the peak memory of a training run of each network (bench/measure_memory.py).
+Then, per network: where mlp_core float32's epoch goes (its steps and its validations, each
+beside its part of the floor), and for the first network the floor part by part; how closely
+float32 and float64 runs of the same seed agree (and the reference with mlp_core in float64); and
+the peak memory of a training run of each network (bench/measure_memory.py).
 
 With --against REF, the benchmark above is replaced by a side-by-side comparison: the mlp_core.py
 of the git commit REF is loaded (from git, as a separate module) into the same process as today's,
@@ -38,7 +58,9 @@ training steps and of its validations, and says whether both took bit-identical 
 (the same batch losses, and the same weights after the epoch). The project's requirement: today's
 [64] float32 protocol epoch is within 5 % of that of 78208ef (at most 5 % slower), measured this
 way in one run; the last line says whether it holds. Timings on a busy machine are noisy: the
-header gives the load average at the start; run it on an otherwise idle machine.
+header gives the load average at the start; run it on an otherwise idle machine. --core PATH
+times the mlp_core.py at PATH as "today's" (a proposed change, say), in both modes;
+bench/bit_identity.py checks that two mlp_core.py files train bit for bit alike.
 
 The BLAS kernel matters: on machines that set OPENBLAS_CORETYPE (see the header line), OpenBLAS
 runs an older, slower kernel than the processor supports. To benchmark the processor's own kernel,
@@ -71,6 +93,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import floor as floor_mod  # noqa: E402
 import reference_mlp as ref  # noqa: E402
 from tqdm import tqdm as _tqdm  # noqa: E402
 
@@ -101,11 +124,16 @@ def _system_time() -> float:
 
 
 def time_mlp_core(
-    config: mlp.RunConfig, data: mlp.Dataset, blas_threads: int, core: types.ModuleType = mlp
+    config: mlp.RunConfig,
+    data: mlp.Dataset,
+    blas_threads: int,
+    core: types.ModuleType | None = None,
 ) -> tuple[Timing, mlp.History]:
-    """One protocol epoch of `core`.train (today's mlp_core, or an earlier one: see load_core_at, and
-    `config` must then be its RunConfig). Its validations are timed by wrapping core._validate, which
-    train() looks up at every call; the steps' time is the epoch's minus theirs."""
+    """One protocol epoch of `core`.train (default today's mlp_core; or an earlier one, see
+    load_core_at, and `config` must then be its RunConfig). Its validations are timed by wrapping
+    core._validate, which train() looks up at every call; the steps' time is the epoch's minus
+    theirs."""
+    core = core or mlp
     times = []
     original = core._validate
 
@@ -132,7 +160,7 @@ def time_mlp_core(
 
 
 def initial_state(config: mlp.RunConfig) -> tuple[list[np.ndarray], np.random.SeedSequence]:
-    """The initial weights (float64) and the shuffling seed that mlp_core.train uses for `config`."""
+    """The initial weights (float64) and the shuffling seed mlp_core.train uses for `config`."""
     init_seq, shuffle_seq = np.random.SeedSequence(config.seed).spawn(2)
     model = mlp.MLP(
         config.layer_sizes,
@@ -276,26 +304,84 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def cpu_model() -> str:
+    """The processor's model name (Linux: /proc/cpuinfo), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def blas_line() -> str:
+    """The BLAS library numpy uses, its kernel and threads (threadpoolctl), and the CPU model."""
     info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    cpu = f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs"
     if not info:
-        return "BLAS: unknown"
+        return f"{cpu}\nBLAS: unknown (threadpoolctl found no BLAS library)"
     i = info[0]
     env = ", ".join(
         f"{k}={os.environ[k]}" for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ
     )
+    kernel = i.get("architecture") or i.get("corename") or "unknown"
     return (
-        f"BLAS: {i.get('internal_api')} {i.get('version')}, kernel {i.get('architecture')}, "
-        f"{i.get('num_threads')} threads available" + (f" ({env} set)" if env else "")
+        f"{cpu}\nBLAS: {i.get('internal_api')} {i.get('version')}, kernel {kernel}, "
+        f"{i.get('num_threads')} threads available, threading layer {i.get('threading_layer')}"
+        + (f" ({env} set)" if env else "")
+        + f"\n  ({i.get('filepath')})"
+    )
+
+
+def torch_line() -> str:
+    """Which torch the PyTorch rows use, or why they are left out (without importing torch)."""
+    if not torch_available():
+        return (
+            f"PyTorch rows skipped: torch is not importable by {sys.executable} (it is not a "
+            "dependency of the project; see the module docstring for a throwaway venv)"
+        )
+    import torch
+
+    return (
+        f"PyTorch {torch.__version__} from {Path(torch.__file__).parent} (not a project "
+        f"dependency: installed only for this measurement), {torch.get_num_threads()} "
+        "threads by default, rows run with torch.set_num_threads(1)"
     )
 
 
 # ---- the benchmark ------------------------------------------------------------------------------
 
+FLOOR = "floor (see below)"
 HEADER = (
     f"{'network':<10} {'implementation':<34} {'step µs':>8} {'eval ms':>8} {'epoch ms':>9} "
-    f"{'(range)':>13} {'sys ms':>7} {'vs ref':>7} {'× FLOP limit':>12}"
+    f"{'(range)':>13} {'steps %':>7} {'sys ms':>7} {'vs ref':>7} {'× floor':>8} "
+    f"{'× FLOP limit':>12}"
 )
+
+
+@dataclass
+class Row:
+    """The repeats of one implementation, each with the floor measured in the same round."""
+
+    timings: list[Timing]
+    floors: list[floor_mod.Floor]
+
+    def median(self, attr: str) -> float:
+        return statistics.median(getattr(t, attr) for t in self.timings)
+
+    def times_floor(self) -> float:
+        """Median over the rounds of (this epoch / the floor of the same round)."""
+        return statistics.median(t.epoch / f.total for t, f in zip(self.timings, self.floors))
+
+    def steps_fraction(self, steps: int) -> float:
+        """Median share of the epoch spent in training steps (the rest: the validations)."""
+        return statistics.median(t.step * steps / t.epoch for t in self.timings)
+
+
+def floor_timing(problem: floor_mod.FloorProblem) -> tuple[Timing, floor_mod.Floor]:
+    floor = problem.measure()
+    return Timing(floor.total, floor.product, floor.step), floor
 
 
 def benchmark(args) -> None:
@@ -307,6 +393,8 @@ def benchmark(args) -> None:
 
     print(f"Python {platform.python_version()}, numpy {np.__version__}, {os.cpu_count()} CPUs")
     print(blas_line())
+    print(torch_line() if not args.no_torch else "PyTorch rows left out (--no-torch)")
+    print(f"load average at the start: {os.getloadavg()[0]:.2f} (1 min)")
     peak = measured_peak_gflops()
     print(
         f"float32 matmul of one BLAS thread, measured now: {peak:.0f} GFLOP/s; "
@@ -314,12 +402,14 @@ def benchmark(args) -> None:
     )
     print(
         f"protocol epoch: {n_train:,} training and {n_val:,} validation images, batch 32, "
-        f"{VALIDATIONS} validations; medians of {args.repeats} interleaved repeats\n"
+        f"{VALIDATIONS} validations; medians of {args.repeats} interleaved rounds\n"
     )
-    # Rows that start a second thread (two BLAS threads, PyTorch) are timed after all single-threaded
-    # ones: once the process had run a second thread, the allocation-heavy reference's steps took
-    # three times as long here, the extra time all spent in the kernel (freeing memory costs much
-    # more in a process whose threads have run on both cores).
+    # Rows that start a second thread (two BLAS threads, PyTorch) are timed after all the
+    # single-threaded ones: once the process had run a second thread, the allocation-heavy
+    # reference's steps took three times as long here, the extra time all spent in the kernel
+    # (freeing memory costs much more in a process whose threads have run on both cores). The
+    # floor is measured in every round of both groups: each epoch is divided by the floor of its
+    # own round.
     configs = {
         name: mlp.RunConfig(layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=1)
         for name in args.networks
@@ -330,46 +420,52 @@ def benchmark(args) -> None:
         "mlp_core float32 (default)": lambda c: time_mlp_core(c, data32, 1)[0],
     }
     threaded = {}
+    if use_torch:  # beside mlp_core float32 again: the two compared in the same rounds
+        threaded["mlp_core float32, beside PyTorch"] = lambda c: time_mlp_core(c, data32, 1)[0]
+        threaded["PyTorch eager float32, 1 thread"] = lambda c: time_torch(c, data32, 1)
     if two_threads:
         threaded["mlp_core float32, blas_threads=2"] = lambda c: time_mlp_core(c, data32, 2)[0]
-    if use_torch:
-        threaded["PyTorch eager float32, 1 thread"] = lambda c: time_torch(c, data32, 1)
-    timings = {name: {} for name in configs}
-    for rows in (single, threaded):
+    rows = {name: {} for name in configs}
+    floors = {name: [] for name in configs}  # of the first group's rounds, for the breakdown
+    for group in (single, threaded):
+        if not group:
+            continue
         for name, config in configs.items():
-            print(f"timing {name}: {', '.join(rows)}", file=sys.stderr, flush=True)
-            for fn in rows.values():  # warm-up: caches, BLAS buffers, lazy imports
+            print(f"timing {name}: {', '.join(group)} and the floor", file=sys.stderr, flush=True)
+            problem = floor_mod.FloorProblem(config, data32, mlp)
+            for fn in group.values():  # warm-up: caches, BLAS buffers, lazy imports
                 fn(config)
-            for label in rows:
-                timings[name][label] = []
+            problem.measure()
+            group_rows = {label: Row([], []) for label in (FLOOR, *group)}
             for _ in range(args.repeats):  # interleaved
-                for label, fn in rows.items():
-                    timings[name][label].append(fn(config))
+                timing, floor = floor_timing(problem)
+                group_rows[FLOOR].timings.append(timing)
+                for label, fn in group.items():
+                    group_rows[label].timings.append(fn(config))
+                for row in group_rows.values():
+                    row.floors.append(floor)
+                if group is single:
+                    floors[name].append(floor)
+            if group is single:
+                rows[name][FLOOR] = group_rows[FLOOR]
+            rows[name].update({label: group_rows[label] for label in group})
 
     print(HEADER)
     print("-" * len(HEADER))
     for name, config in configs.items():
-        step_flops, eval_flops = flops(config)
-        limit = (config.steps_per_epoch * step_flops + VALIDATIONS * eval_flops) / (
-            args.peak_gflops * 1e9
-        )
-        ref_epoch = statistics.median(
-            t.epoch for t in timings[name]["reference (plain numpy, float64)"]
-        )
-        for label, ts in timings[name].items():
-            epoch = statistics.median(t.epoch for t in ts)
-            step = statistics.median(t.step for t in ts)
-            ev = statistics.median(t.eval_pass for t in ts)
-            spread = f"{min(t.epoch for t in ts) * 1e3:.0f}-{max(t.epoch for t in ts) * 1e3:.0f}"
-            system = statistics.median(t.system for t in ts)
-            print(
-                f"{name:<10} {label:<34} {step * 1e6:8.1f} {ev * 1e3:8.1f} {epoch * 1e3:9.1f} {spread:>13} "
-                f"{system * 1e3:7.0f} {ref_epoch / epoch:6.2f}× {epoch / limit:11.2f}×"
-            )
-        print(
-            f"{name:<10} {'FLOP limit':<34} {step_flops / args.peak_gflops / 1e3:8.1f} "
-            f"{eval_flops / args.peak_gflops / 1e6:8.1f} {limit * 1e3:9.1f}"
-        )
+        print(results_table(name, config, rows[name], args.peak_gflops))
+        print()
+    print(
+        f"{FLOOR}: {VALIDATIONS} x the first layer's product over the {n_train + n_val:,} images a "
+        f"validation evaluates ({n_train + n_val:,} x 785 @ 785 x width, one call) + "
+        f"{configs[args.networks[0]].steps_per_epoch} x the per-call cost of the numpy primitives "
+        "of a training step, each timed alone at the step's shapes; float32, one BLAS thread "
+        "(bench/floor.py). eval ms of the floor: the product; step µs: the primitives' sum. "
+        "× floor: each epoch / the floor timed in the same round, median over the rounds. "
+        "steps %: the share of the epoch in training steps, the rest in its validations.\n"
+    )
+    for i, (name, config) in enumerate(configs.items()):  # the floor's parts of the first network
+        print(where_the_time_goes(name, config, rows[name], floors[name], detail=i == 0))
         print()
 
     agreement(args, data32, data64)
@@ -380,16 +476,89 @@ def benchmark(args) -> None:
         print(table({n: measure(MEM_NETWORKS[n]) for n in args.networks}, "float32", 1))
 
 
+def results_table(name: str, config: mlp.RunConfig, rows: dict[str, Row], peak: float) -> str:
+    """The rows of one network: medians, ratios to the reference, the floor and the FLOP limit."""
+    step_flops, eval_flops = flops(config)
+    limit = (config.steps_per_epoch * step_flops + VALIDATIONS * eval_flops) / (peak * 1e9)
+    ref_epoch = rows["reference (plain numpy, float64)"].median("epoch")
+    lines = []
+    for label, row in rows.items():
+        ts = row.timings
+        epoch = row.median("epoch")
+        spread = f"{min(t.epoch for t in ts) * 1e3:.0f}-{max(t.epoch for t in ts) * 1e3:.0f}"
+        steps = "" if label == FLOOR else f"{row.steps_fraction(config.steps_per_epoch):.0%}"
+        system = "" if label == FLOOR else f"{row.median('system') * 1e3:.0f}"
+        lines.append(
+            f"{name:<10} {label:<34} {row.median('step') * 1e6:8.1f} "
+            f"{row.median('eval_pass') * 1e3:8.1f} {epoch * 1e3:9.1f} {spread:>13} {steps:>7} "
+            f"{system:>7} {ref_epoch / epoch:6.2f}× {row.times_floor():7.2f}× "
+            f"{epoch / limit:11.2f}×"
+        )
+    lines.append(
+        f"{name:<10} {'FLOP limit':<34} {step_flops / peak / 1e3:8.1f} "
+        f"{eval_flops / peak / 1e6:8.1f} {limit * 1e3:9.1f}"
+    )
+    torch_row = rows.get("PyTorch eager float32, 1 thread")
+    if torch_row is not None:
+        ours = rows["mlp_core float32, beside PyTorch"]
+        speedup = statistics.median(
+            p.epoch / o.epoch for p, o in zip(torch_row.timings, ours.timings)
+        )
+        lines.append(
+            f"{name:<10} mlp_core float32 is {speedup:.2f}× as fast as PyTorch eager float32 "
+            f"(one thread each, the same rounds; median of the per-round ratios)"
+        )
+    return "\n".join(lines)
+
+
+def where_the_time_goes(
+    name: str,
+    config: mlp.RunConfig,
+    rows: dict[str, Row],
+    floors: list[floor_mod.Floor],
+    detail: bool = True,
+) -> str:
+    """mlp_core float32's epoch split into steps and validations, each beside its floor, and (with
+    `detail`) the floor's parts; medians over the rounds."""
+    ours = rows["mlp_core float32 (default)"]
+    steps = config.steps_per_epoch
+    median = statistics.median
+    floor = floor_mod.Floor(
+        median(f.product for f in floors),
+        {k: median(f.primitives[k] for f in floors) for k in floors[0].primitives},
+        floors[0].steps,
+        floors[0].validations,
+    )
+    step_part = median(t.step * steps for t in ours.timings)
+    validation_part = median(t.epoch - t.step * steps for t in ours.timings)
+    epoch = ours.median("epoch")
+    lines = [
+        f"Where one protocol epoch of mlp_core float32 goes, {name} (medians over the rounds):",
+        f"  {'':<22} {'mlp_core ms':>11} {'share':>6} {'floor ms':>9} {'× floor':>8}",
+        f"  {'training steps':<22} {step_part * 1e3:11.1f} {step_part / epoch:6.0%} "
+        f"{floor.steps_part * 1e3:9.1f} {step_part / floor.steps_part:7.2f}×",
+        f"  {'validations':<22} {validation_part * 1e3:11.1f} {validation_part / epoch:6.0%} "
+        f"{floor.validations_part * 1e3:9.1f} {validation_part / floor.validations_part:7.2f}×",
+        f"  {'epoch':<22} {epoch * 1e3:11.1f} {1:6.0%} {floor.total * 1e3:9.1f} "
+        f"{ours.times_floor():7.2f}×",
+    ]
+    if detail:
+        lines.append(floor_mod.table(floor, f"The floor of {name}, part by part:"))
+    return "\n".join(lines)
+
+
 def agreement(args, data32: mlp.Dataset, data64: mlp.Dataset) -> None:
     """float32 against float64 runs of mlp_core with the same seed, and the plain reference against
     mlp_core float64 (same initial weights, same shuffling)."""
     epochs = 1 if args.quick else args.agree_epochs
     n_train, n_val = len(data32.train), len(data32.val)
     print(
-        f"Agreement (seed 0; per-step batch losses over the first epoch; final metrics after {epochs} epoch(s)):"
+        "Agreement (seed 0; per-step batch losses over the first epoch; final metrics after "
+        f"{epochs} epoch(s)):"
     )
     print(
-        f"{'network':<10} {'compared':<28} {'max rel. diff, step losses':>27} {'final val acc diff':>19} "
+        f"{'network':<10} {'compared':<28} {'max rel. diff, step losses':>27} "
+        f"{'final val acc diff':>19} "
         f"{'final val loss rel. diff':>25}"
     )
     for name in args.networks:
@@ -401,23 +570,26 @@ def agreement(args, data32: mlp.Dataset, data64: mlp.Dataset) -> None:
         spe = config.steps_per_epoch
         a, b = np.asarray(h32.train_loss[:spe]), np.asarray(h64.train_loss[:spe])
         print(
-            f"{name:<10} {'mlp_core float32 vs float64':<28} {np.max(np.abs(a - b) / np.abs(b)):27.2e} "
+            f"{name:<10} {'mlp_core float32 vs float64':<28} "
+            f"{np.max(np.abs(a - b) / np.abs(b)):27.2e} "
             f"{abs(h32.final['val_acc'] - h64.final['val_acc']):19.4f} "
             f"{abs(h32.final['val_loss'] - h64.final['val_loss']) / h64.final['val_loss']:25.2e}"
         )
         _, trainer = run_reference(config, data64, 1)
         h1 = mlp.train(config.replace(dtype="float64", max_epochs=1), data64, progress=False)
+        last_val_loss = h1.val_loss[len(trainer.val_loss) - 1]
         r = np.asarray(trainer.train_loss)
         b = np.asarray(h1.train_loss[:spe])
         print(
-            f"{name:<10} {'reference vs mlp_core f64':<28} {np.max(np.abs(r - b) / np.abs(b)):27.2e} "
+            f"{name:<10} {'reference vs mlp_core f64':<28} "
+            f"{np.max(np.abs(r - b) / np.abs(b)):27.2e} "
             f"{abs(trainer.val_acc[-1] - h1.val_acc[len(trainer.val_acc) - 1]):19.4f} "
-            f"{abs(trainer.val_loss[-1] - h1.val_loss[len(trainer.val_loss) - 1]) / h1.val_loss[-1]:25.2e}"
+            f"{abs(trainer.val_loss[-1] - last_val_loss) / h1.val_loss[-1]:25.2e}"
         )
     print("(reference rows: the last validation of the first epoch instead of final metrics)\n")
 
 
-# ---- today's mlp_core beside an earlier commit's -----------------------------------------------------
+# ---- today's mlp_core beside an earlier commit's ------------------------------------------------
 
 REQUIRED = ("[64]", 0.05)  # today's [64] float32 protocol epoch within 5 % of the compared commit's
 CORE_API = ("RunConfig", "train", "_validate")  # what the comparison uses of an mlp_core
@@ -480,6 +652,19 @@ def load_core_at(ref: str) -> types.ModuleType:
     return module
 
 
+def load_core_file(path: str, name: str = "mlp_core_candidate") -> types.ModuleType:
+    """An mlp_core.py from a file (a proposed change, say), imported as the module `name`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or not Path(path).is_file():
+        raise ValueError(f"--core {path!r}: no such file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before exec: @dataclass looks the class's module up in sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
 def core_config(core: types.ModuleType, config: mlp.RunConfig):
     """`config` as a RunConfig of `core` (fields it does not know must be at their defaults)."""
     known = {f.name for f in dataclasses.fields(core.RunConfig)}
@@ -528,7 +713,8 @@ class SideBySide:
 def side_by_side(
     old: types.ModuleType, config: mlp.RunConfig, data: mlp.Dataset, repeats: int
 ) -> SideBySide:
-    """One protocol epoch of each mlp_core, after a warm-up, `repeats` times, alternating which runs first."""
+    """One protocol epoch of each mlp_core, after a warm-up, `repeats` times, alternating which
+    runs first."""
     cores = {"old": (old, core_config(old, config)), "new": (mlp, config)}
     for core, c in cores.values():
         time_mlp_core(c, data, 1, core)
@@ -553,8 +739,9 @@ def compare_with(args) -> None:
     )
     print(blas_line())
     print(
-        f"protocol epoch: {n_train:,} training and {n_val:,} validation images, batch 32, {VALIDATIONS} "
-        f"validations, float32, one BLAS thread, seed 0; medians of {args.repeats} interleaved repeats\n"
+        f"protocol epoch: {n_train:,} training and {n_val:,} validation images, batch 32, "
+        f"{VALIDATIONS} validations, float32, one BLAS thread, seed 0; medians of {args.repeats} "
+        "interleaved repeats\n"
     )
     results = {}
     for name in args.networks:
@@ -568,7 +755,8 @@ def compare_with(args) -> None:
     if network in results:
         ratio = results[network].ratio()
         print(
-            f"\nRequirement: today's {network} float32 protocol epoch at most {tolerance:.0%} slower than "
+            f"\nRequirement: today's {network} float32 protocol epoch at most {tolerance:.0%} "
+            "slower than "
             f"{ref}'s: {'met' if ratio <= 1 + tolerance else 'NOT met'} (today/{ref} = {ratio:.3f})"
         )
 
@@ -597,7 +785,8 @@ def side_by_side_table(results: dict[str, SideBySide], ref: str) -> str:
         f"per repeat: the lowest and highest"
     )
     lines.append(
-        " of the epochs' ratios. training bit-identical: the same batch losses and weights after the epoch)"
+        " of the epochs' ratios. training bit-identical: the same batch losses and weights after "
+        "the epoch)"
     )
     return "\n".join(lines)
 
@@ -623,6 +812,12 @@ def main(argv=None) -> int:
     p.add_argument("--no-torch", action="store_true", help="leave out the PyTorch row")
     p.add_argument("--no-memory", action="store_true", help="leave out the peak-memory runs")
     p.add_argument(
+        "--core",
+        metavar="PATH",
+        help="time this mlp_core.py file as today's instead of the working tree's (a proposed "
+        "change, say; with --against: beside that commit's)",
+    )
+    p.add_argument(
         "--against",
         metavar="REF",
         help="instead: time today's mlp_core beside that of the git "
@@ -636,6 +831,13 @@ def main(argv=None) -> int:
     if args.quick:
         args.no_memory = True
     quick = " (quick: small data, not the protocol's sizes)" if args.quick else ""
+    if args.core:
+        global mlp
+        try:
+            mlp = load_core_file(args.core)
+        except ValueError as exc:
+            p.error(str(exc))
+        quick += f"; today's mlp_core: {args.core}"
     if args.against:
         try:
             load_core_at(args.against)  # an unknown commit fails here, before any data is loaded

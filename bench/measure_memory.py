@@ -1,6 +1,6 @@
 """Peak memory (resident set size) of a training run of each network, each in a fresh process.
 
-    .venv/bin/python bench/measure_memory.py                 # [64], [128], ten layers of 64; 1 epoch
+    .venv/bin/python bench/measure_memory.py       # [64], [128], ten layers of 64; 1 epoch
     .venv/bin/python bench/measure_memory.py --epochs 2 --dtype float64 --network 64,10
 
 Each run is a child process that loads the data, then trains one protocol run (no progress bar)
@@ -42,7 +42,7 @@ def _peak_mb() -> float:
 
 
 def _reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); False where impossible."""
+    """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0); False if impossible."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -99,7 +99,8 @@ def table(results: dict[str, dict], dtype: str, epochs: int) -> str:
     ]
     for name, r in results.items():
         lines.append(
-            f"{name:<11} {fmt(r['after_import']):>12} {fmt(r['peak_data']):>11} {fmt(r['after_data']):>11} "
+            f"{name:<11} {fmt(r['after_import']):>12} {fmt(r['peak_data']):>11} "
+            f"{fmt(r['after_data']):>11} "
             f"{fmt(r['peak_training']):>15} {fmt(r['peak_process']):>14}"
         )
     return "\n".join(lines)

@@ -1,18 +1,18 @@
 """Peak memory of each task notebook's kernel, and of the worker processes it trains in.
 
-    .venv/bin/python bench/notebook_memory.py                   # full protocol, $MLP_SEEDS seeds (default 3)
-    MLP_SEEDS=1 .venv/bin/python bench/notebook_memory.py task2  # only notebooks whose name has "task2"
-    MLP_SMOKE=1 .venv/bin/python bench/notebook_memory.py        # tiny runs: checks that it works
+    .venv/bin/python bench/notebook_memory.py              # full protocol, $MLP_SEEDS seeds (3)
+    MLP_SEEDS=1 .venv/bin/python bench/notebook_memory.py task2   # notebooks named *task2*
+    MLP_SMOKE=1 .venv/bin/python bench/notebook_memory.py   # tiny runs: checks that it works
 
 Every notebook in notebooks/task*.ipynb is executed headless, as the report build executes it, with
 two extra cells: a first one that starts a thread in the kernel which watches the kernel's worker
 processes (those mlp_runs.run_experiments trains in) and keeps each one's high-water mark of
-resident memory (VmHWM in /proc, read every 0.2 s), and a last one that reports the kernel's own high-water mark and
-the workers'. Unlike the report build, which trains every run before it executes the notebooks,
-the notebooks here train their runs themselves, in a fresh, empty run store ($MLP_RUN_STORE), so
-the figures are those of a notebook run by hand on a machine that has trained nothing yet (the
-store is deleted afterwards). Set MLP_MEMORY_KEEP_STORE=1 to use the project's run store instead
-(then stored runs are loaded, not trained).
+resident memory (VmHWM in /proc, read every 0.2 s), and a last one that reports the kernel's own
+high-water mark and the workers'. Unlike the report build, which trains every run before it
+executes the notebooks, the notebooks here train their runs themselves, in a fresh, empty run
+store ($MLP_RUN_STORE), so the figures are those of a notebook run by hand on a machine that has
+trained nothing yet (the store is deleted afterwards). Set MLP_MEMORY_KEEP_STORE=1 to use the
+project's run store instead (then stored runs are loaded, not trained).
 Linux only.
 """
 
@@ -59,7 +59,8 @@ def _watch_workers():
                 continue
             for line in text.splitlines():
                 if line.startswith("VmHWM:"):
-                    _WORKER_PEAKS[pid] = max(_WORKER_PEAKS.get(pid, 0.0), int(line.split()[1]) / 1024)
+                    peak = int(line.split()[1]) / 1024
+                    _WORKER_PEAKS[pid] = max(_WORKER_PEAKS.get(pid, 0.0), peak)
         _time.sleep(0.2)
 
 
@@ -68,9 +69,10 @@ _threading.Thread(target=_watch_workers, name="worker-memory-watch", daemon=True
 
 PROBE = r"""
 import json as _json
-_kernel_peak = next(int(line.split()[1]) / 1024 for line in _Path("/proc/self/status").read_text().splitlines()
-                    if line.startswith("VmHWM:"))
-print("MEMORY-PROBE " + _json.dumps({"kernel": _kernel_peak, "workers": sorted(_WORKER_PEAKS.values())}))
+_status = _Path("/proc/self/status").read_text().splitlines()
+_kernel_peak = next(int(line.split()[1]) / 1024 for line in _status if line.startswith("VmHWM:"))
+_probe = {"kernel": _kernel_peak, "workers": sorted(_WORKER_PEAKS.values())}
+print("MEMORY-PROBE " + _json.dumps(_probe))
 """
 
 
@@ -97,7 +99,8 @@ def measure(path: Path, scratch: Path) -> tuple[float, dict]:
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(0, nbformat.v4.new_code_cell(WATCH))
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
-    # over IPC, as the report build runs its kernels (over TCP, every kernel warns that it is unencrypted)
+    # over IPC, as the report build runs its kernels (over TCP, every kernel warns that it is
+    # unencrypted)
     km = KernelManager(
         kernel_name="python3", transport="ipc", ip=str(scratch / path.stem.split("_")[0])
     )
@@ -131,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mlp-memory-") as scratch:
         _environment(Path(scratch))
         print(
-            f"{'notebook':40s} {'seconds':>8s} {'kernel peak MB':>15s} {'workers':>8s} {'worker peak MB':>15s}"
+            f"{'notebook':40s} {'seconds':>8s} {'kernel peak MB':>15s} {'workers':>8s} "
+            f"{'worker peak MB':>15s}"
         )
         worst = 0.0
         for path in paths:
@@ -140,11 +144,13 @@ def main(argv: list[str] | None = None) -> int:
             worker_peak = f"{max(workers):.0f}" if workers else "-"
             worst = max(worst, probe["kernel"])
             print(
-                f"{path.name:40s} {seconds:8.1f} {probe['kernel']:15.0f} {len(workers):8d} {worker_peak:>15s}",
+                f"{path.name:40s} {seconds:8.1f} {probe['kernel']:15.0f} {len(workers):8d} "
+                f"{worker_peak:>15s}",
                 flush=True,
             )
     print(
-        f"largest kernel peak: {worst:.0f} MB (target <= {LIMIT_MB:.0f} MB: {'met' if worst <= LIMIT_MB else 'NOT met'})"
+        f"largest kernel peak: {worst:.0f} MB (target <= {LIMIT_MB:.0f} MB: "
+        f"{'met' if worst <= LIMIT_MB else 'NOT met'})"
     )
     return 0
 

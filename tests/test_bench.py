@@ -1,5 +1,6 @@
 """The speed benchmark runs (its timings are not checked: machines are noisy)."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -8,7 +9,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench" / "bench.py"
-BEFORE_REWRITE = "78208ef"  # the last commit before mlp_core's one-pass rewrite, which kept training bit-identical
+# the last commit before mlp_core's one-pass rewrite, which kept training bit-identical
+BEFORE_REWRITE = "78208ef"
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
@@ -31,13 +33,23 @@ def has_commit(ref: str) -> bool:
 
 
 def test_bench_quick_runs(mnist_path):
-    done = bench("--quick", "--no-torch")
+    done = bench("--quick")
     assert done.returncode == 0, done.stderr
     out = done.stdout
     assert "mlp_core speed benchmark" in out
-    for column in ("implementation", "step µs", "eval ms", "epoch ms", "vs ref", "× FLOP limit"):
+    for column in (
+        "implementation",
+        "step µs",
+        "eval ms",
+        "epoch ms",
+        "steps %",
+        "vs ref",
+        "× floor",
+        "× FLOP limit",
+    ):
         assert column in out
     for row in (
+        "floor (see below)",
         "reference (plain numpy, float64)",
         "mlp_core float64",
         "mlp_core float32 (default)",
@@ -48,6 +60,67 @@ def test_bench_quick_runs(mnist_path):
         assert row in out
     for network in ("[64]", "[128]", "10 x [64]"):
         assert f"\n{network} " in out
+    # the machine, the floor and where the epoch goes
+    for text in (
+        "CPU: ",
+        "BLAS: ",
+        "kernel ",
+        "threads available",
+        "5 x the first layer's product over the 2,400 images a validation evaluates",
+        "Where one protocol epoch of mlp_core float32 goes, [64]",
+        "training steps",
+        "validations",
+        "The floor of [64], part by part:",
+        "first-layer product over the validated images, one call:",
+        "forward 1: matmul (32, 785) @ (785, 64)",
+        "gradient 1: matmul (785, 32) @ (32, 64)",
+        "one step (sum of its primitives)",
+        "floor of the protocol epoch:",
+    ):
+        assert text in out, text
+    if importlib.util.find_spec("torch") is None:  # torch is not a dependency of the project
+        assert "PyTorch rows skipped: torch is not importable" in out
+        assert "PyTorch eager" not in out
+    else:
+        assert "PyTorch eager float32, 1 thread" in out
+        assert "mlp_core float32 is" in out and "as fast as PyTorch eager float32" in out
+
+
+def test_bench_without_torch_says_so(mnist_path):
+    done = bench("--quick", "--no-torch", "--networks", "[64]")
+    assert done.returncode == 0, done.stderr
+    assert "PyTorch rows left out (--no-torch)" in done.stdout
+    assert "PyTorch eager" not in done.stdout
+
+
+def test_floor_alone_runs(mnist_path):
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "floor.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "Floor of one protocol epoch of [64] (float32, one BLAS thread):" in done.stdout
+    assert "x 5 validations" in done.stdout and "(625 steps)" in done.stdout
+
+
+def test_bit_identity_checker_finds_a_file_identical_to_itself(mnist_path):
+    core = str(REPO / "mlp_core.py")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "bit_identity.py"), "--quick"]
+        + ["--old", core, "--new", core],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1] == "all bit-identical"
+    compared = [line for line in lines if line.startswith(("same ", "DIFFER"))]
+    assert len(compared) >= 8 and all(line.startswith("same ") for line in compared)
 
 
 @pytest.mark.skipif(
