@@ -497,6 +497,7 @@ class _RunProgress:
     work_per_step: float
     early_stop_after: int  # validations without a new best that end the run (patience * interval)
     label: str
+    family: mlp.RunConfig  # its configuration but for the seed and name: runs that stop alike
     state: str = "waiting"  # waiting | training | done
     steps: int = 0
     best_step: int = -1
@@ -522,8 +523,9 @@ class SweepProgress:
     The total is not known in advance, because early stopping ends a run before its last epoch.
     Until a run has finished, every running run is assumed to go to its last epoch, so the time
     left is an upper bound and is shown as "at most"; once runs have finished, each unfinished run
-    is expected to take the share of its epochs the finished runs took (never less than its patience
-    still forces it to train), and the time left is shown as "about". This reads best to a
+    is expected to take the share of its epochs that finished runs of its network (other seeds)
+    took, or else all finished runs, but never less than its patience still forces it to train, and
+    the time left is shown as "about". This reads best to a
     student: an honest bound first, then an estimate that gets better as runs finish, instead of a
     "?" or a bound that stays far too long for the whole sweep.
 
@@ -552,6 +554,7 @@ class SweepProgress:
                 work_per_step=_work_per_step(c),
                 early_stop_after=c.patience * c.validation_interval,
                 label=_describe(c),
+                family=c.replace(seed=0, name=""),
             )
             for c in configs
         ]
@@ -603,13 +606,14 @@ class SweepProgress:
     # what is shown
     def estimate(self) -> Estimate:
         """The expected share of the work done and the time left (see the class docstring)."""
-        fractions = [r.completed_fraction for r in self.runs if r.completed_fraction is not None]
-        share = sum(fractions) / len(fractions) if fractions else None
+        finished = [r for r in self.runs if r.completed_fraction is not None]
         done_work = left_work = longest_left = 0.0
         for run in self.runs:
             done_work += run.steps * run.work_per_step
             if run.state == "done":
                 continue
+            alike = [r for r in finished if r.family == run.family] or finished
+            share = sum(r.completed_fraction for r in alike) / len(alike) if alike else None
             expected = run.max_steps
             if share is not None:
                 at_least = max(run.steps, run.best_step + run.early_stop_after + 1)
@@ -623,11 +627,11 @@ class SweepProgress:
         total = done_work + left_work
         fraction = done_work / total if total > 0 else 1.0
         if busy <= 0 or measured <= 0:
-            return Estimate(fraction, None, share is None)
+            return Estimate(fraction, None, not finished)
         speed = measured / busy  # work per second of one worker
         parallel = max(1, sum(r.state == "training" for r in self.runs))
         seconds = max(left_work / (speed * parallel), longest_left / speed)
-        return Estimate(fraction, seconds, share is None)
+        return Estimate(fraction, seconds, not finished)
 
     def text(self, final: str | None = None) -> str:
         """The status in words: runs done and left, elapsed, the estimate, what is training now;
@@ -784,6 +788,7 @@ def _train_in_pool(
             for future in done:
                 index = running.pop(future)
                 hist = future.result()  # a worker's exception, or BrokenProcessPool, ends the sweep
+                progress.reported(index, steps[2 * index], steps[2 * index + 1])  # its last report
                 progress.finished(index, hist)
                 yield hist
     except BaseException as exc:  # Ctrl-C or an error: end the workers now, not after their runs

@@ -546,6 +546,21 @@ def test_the_estimate_is_an_upper_bound_until_a_run_finishes_then_learned():
     assert progress.estimate().seconds_left == pytest.approx((371 - 280) / 10, rel=0.05)
 
 
+def test_the_estimate_learns_from_other_seeds_of_the_same_network_first():
+    other = mlp.RunConfig(n_train=3200, max_epochs=10, patience=5, learning_rate=0.5)
+    configs = [mlp.RunConfig(n_train=3200, max_epochs=10, patience=5, seed=s) for s in (0, 1)]
+    clock = _Clock()
+    progress = mlp_runs.SweepProgress([*configs, other], enabled=False, clock=clock)
+    progress.started(1)
+    progress.reported(1, 1, 0)
+    clock.now += 10
+    progress.reported(1, 101, 100)  # 10 steps a second; it cannot stop before step 201
+    progress.finished(2, _history(other, 900))  # another network: 90% of its steps
+    assert progress.estimate().seconds_left == pytest.approx((900 - 101 + 900) / 10)  # run 0 too
+    progress.finished(0, _history(configs[0], 400))  # the same network, seed 0: 40%
+    assert progress.estimate().seconds_left == pytest.approx((400 - 101) / 10)
+
+
 @pytest.fixture
 def shown(monkeypatch):
     """Progress displays switched on (the test setup switches them off with TQDM_DISABLE)."""
@@ -621,19 +636,23 @@ def test_a_sweep_shows_its_progress_as_lines_in_a_log(store, monkeypatch, shown)
 
 
 def test_a_parallel_sweep_reports_steps_from_its_workers(tmp_path, monkeypatch, shown):
-    terminal = _Terminal()
-    monkeypatch.setattr(sys, "stderr", terminal)
-    shown = []
-    real_draw = mlp_runs.SweepProgress._draw
-    monkeypatch.setattr(
-        mlp_runs.SweepProgress,
-        "_draw",
-        lambda self, text, fraction: (
-            shown.append((text, fraction)) or real_draw(self, text, fraction)
-        ),
-    )
-    configs = [mlp.RunConfig(**dict(QUICK, max_epochs=6), seed=s) for s in (0, 1)]
-    mlp_runs.run_experiments(configs, store=mlp_runs.RunStore(tmp_path), n_jobs=2)
-    during = [fraction for text, fraction in shown[:-1] if "0/2 runs done" in text]
-    assert any(0 < fraction < 1 for fraction in during), "no steps came back from the workers"
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    reports, shown = [], []
+    real_reported, real_draw = mlp_runs.SweepProgress.reported, mlp_runs.SweepProgress._draw
+
+    def reported(self, index, steps, best_step):
+        reports.append((index, steps, best_step))
+        real_reported(self, index, steps, best_step)
+
+    def draw(self, text, fraction):
+        shown.append((text, fraction))
+        real_draw(self, text, fraction)
+
+    monkeypatch.setattr(mlp_runs.SweepProgress, "reported", reported)
+    monkeypatch.setattr(mlp_runs.SweepProgress, "_draw", draw)
+    configs = [mlp.RunConfig(**QUICK, seed=s) for s in (0, 1)]
+    histories = mlp_runs.run_experiments(configs, store=mlp_runs.RunStore(tmp_path), n_jobs=2)
+    for index, hist in enumerate(histories):  # the steps at its last validation came back
+        assert (index, hist.val_steps[-1] + 1, hist.best_step) in reports
+    assert shown[0][0].startswith("0/2 runs done, 2 to go, 00:00 elapsed")
     assert shown[-1][1] == 1 and re.fullmatch(r"2/2 runs done in \d\d:\d\d", shown[-1][0])
