@@ -425,28 +425,34 @@ class RunStore:
 
 
 class _Keeper:
-    """Stores a sweep's runs; when the store cannot be written, says so once and keeps going."""
+    """Stores a sweep's runs; when the store cannot be written, says so once and keeps going. A
+    store found unwritable before training is still tried (a run's entry may fit where the
+    estimate did not); the first entry that cannot be written ends the saving for this sweep."""
 
     def __init__(self, store: RunStore):
         self.store = store
-        self.problem: RunStoreError | None = None
+        self.saving = True
+        self.warned = False
 
     def check(self, todo: list[mlp.RunConfig]) -> None:
         try:
             self.store.check_writable(todo)
         except RunStoreError as exc:
-            self._lost(exc, f"the {len(todo)} runs of this sweep will be trained and used")
+            self._say(exc, f"the {len(todo)} runs of this sweep will be trained and used")
 
     def save(self, hist: mlp.History) -> None:
-        if self.problem is not None:
+        if not self.saving:
             return
         try:
             self.store.save(hist)
         except RunStoreError as exc:
-            self._lost(exc, "this sweep's runs are used")
+            self.saving = False
+            self._say(exc, "this sweep's runs are used")
 
-    def _lost(self, exc: RunStoreError, what: str) -> None:
-        self.problem = exc
+    def _say(self, exc: RunStoreError, what: str) -> None:
+        if self.warned:
+            return
+        self.warned = True
         warnings.warn(
             f"run store: {exc.folder} cannot be written ({exc.reason}); {what}, but not kept "
             f"for later.\nFix: {exc.fix}.",
@@ -633,10 +639,10 @@ class SweepProgress:
         seconds = max(left_work / (speed * parallel), longest_left / speed)
         return Estimate(fraction, seconds, not finished)
 
-    def text(self, final: str | None = None) -> str:
-        """The status in words: runs done and left, elapsed, the estimate, what is training now;
-        `final` ("done", "interrupted", "stopped", "failed") for the closing line, which names
-        no run."""
+    def text(self, final: str | None = None, percent: bool = True) -> str:
+        """The status in words: runs done and left, elapsed, the estimate (with the share done
+        unless not `percent`: a bar shows it), what is training now; `final` ("done",
+        "interrupted", "stopped", "failed") for the closing line, which names no run."""
         elapsed = _clock_text(self.clock() - self.start)
         done = sum(r.state == "done" for r in self.runs)
         total = len(self.runs)
@@ -649,7 +655,8 @@ class SweepProgress:
             guess = "time left known after the first validations"
         else:
             bound = "at most" if est.upper_bound else "about"
-            guess = f"{bound} {_clock_text(est.seconds_left)} left ({100 * est.fraction:.0f}%)"
+            share = f" ({100 * est.fraction:.0f}%)" if percent else ""
+            guess = f"{bound} {_clock_text(est.seconds_left)} left{share}"
         training = [r.label for r in self.runs if r.state == "training"]
         now = f"; now training: {'; '.join(training)}" if training else ""
         return f"{done}/{total} runs done, {total - done} to go, {elapsed} elapsed, {guess}{now}"
@@ -670,7 +677,7 @@ class SweepProgress:
         elif self.mode == "lines":
             self._print(f"{self.desc}: {self.text()}")
         else:
-            self._draw(self.text(), self.estimate().fraction)
+            self._draw(self.text(percent=False), self.estimate().fraction)
 
     def close(self, outcome: str = "done") -> None:
         """The closing line or bar: "done", "interrupted", "stopped" or "failed"."""

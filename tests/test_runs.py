@@ -342,6 +342,16 @@ def test_a_store_lost_mid_sweep_keeps_the_sweep_going(store):
     assert len(done) == 3 and all(h.completed for h in histories)
 
 
+def test_a_store_that_seems_too_small_is_still_tried(store, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 0))
+    configs = [mlp.RunConfig(**QUICK, seed=s) for s in (0, 1)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mlp_runs.run_experiments(configs, store=store, n_jobs=1, progress=False)
+    assert len(caught) == 1 and "the disk is full for this sweep" in str(caught[0].message)
+    assert all(config in store for config in configs)  # the entries fitted after all
+
+
 def test_an_unwritable_store_is_said_before_any_training(tmp_path, monkeypatch):
     (tmp_path / "runs").write_text("")
     store = mlp_runs.RunStore(tmp_path / "runs")
