@@ -28,7 +28,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 ifdef SEEDS
 export MLP_SEEDS := $(SEEDS)
 endif
-REPORT_FLAGS := $(if $(filter 1 yes true,$(STRICT)),--strict) $(if $(filter 1 yes true,$(FRESH)),--fresh)
+# Yes/no settings reach the build as MLP_* variables, and the build checks them with the one parser
+# of the project (1, true, yes, on / 0, false, no, off; anything else is an error naming it).
+REPORT_ENV := $(if $(STRICT),MLP_STRICT="$(STRICT)") $(if $(FRESH),MLP_FRESH="$(FRESH)") $(if $(VERBOSE),MLP_VERBOSE="$(VERBOSE)")
 # Kernels of closed or reloaded explorer pages are shut down after 10 idle minutes, so reloads cannot
 # pile them up (Voila's own shutdown on unload fails: voila-dashboards/voila#1458); open pages keep theirs.
 VOILA_CULL := --MappingKernelManager.cull_idle_timeout=600 --MappingKernelManager.cull_interval=60
@@ -36,10 +38,10 @@ VOILA_CULL := --MappingKernelManager.cull_idle_timeout=600 --MappingKernelManage
 .PHONY: report test smoke-report venv data system-deps explore lab bench clean
 
 report: venv data optional-system-deps  ## the report (STRICT=1: unsupported claims fail; FRESH=1: retrain; SEEDS=n)
-	@$(PY) report/build_report.py $(REPORT_FLAGS)
+	@$(REPORT_ENV) $(PY) report/build_report.py
 
 smoke-report: venv data optional-system-deps  ## the same, in the quick smoke mode used by the tests
-	@MLP_SMOKE=1 $(PY) report/build_report.py $(REPORT_FLAGS)
+	@MLP_SMOKE=1 $(REPORT_ENV) $(PY) report/build_report.py
 
 test: venv data optional-system-deps  ## the whole pytest suite; tests that need a missing system package are skipped
 	@$(PY) -m pytest
@@ -66,7 +68,7 @@ data: venv
 	@if [ -d "$(SHARED_MNIST)" ]; then \
 	  for f in $(MNIST_FILES); do [ -f $(MNIST_CACHE)/$$f ] || cp "$(SHARED_MNIST)/$$f" $(MNIST_CACHE)/; done; \
 	fi
-	@$(PY) -c "import mlp_core; mlp_core.load_mnist('$(MNIST_CACHE)')"
+	@$(PY) mnist_files.py $(MNIST_CACHE)
 
 explore: venv data  ## the interactive explorer in Voila (http://127.0.0.1:8866)
 	$(VENV)/bin/voila notebooks/explorer.ipynb --no-browser --port=8866 --Voila.ip=127.0.0.1 $(VOILA_CULL)

@@ -1,15 +1,20 @@
-"""The report layer the task notebooks share: their settings, experiments, statistics and tables.
+"""The report layer the task notebooks share: settings, experiments, metrics, claims, numbers and
+tables.
 
-* Settings from the environment: smoke mode ($MLP_SMOKE: tiny runs for tests), the number of seeds
-  ($MLP_SEEDS, default 3) and strict claims ($MLP_STRICT). Unknown values are errors.
-* Experiments: `experiments({label: RunConfig})` expands a notebook's networks over the seeds (and
-  to smoke size); `run(...)` trains or loads them through mlp_runs and returns a `Runs` table of
-  histories with per-seed metrics.
+* Settings from the environment: smoke mode ($MLP_SMOKE: tiny runs for tests), the number of
+  seeds ($MLP_SEEDS, default 3) and strict claims ($MLP_STRICT). Unknown values are errors.
+* Experiments: `experiments({label: RunConfig})` expands a notebook's networks over the seeds
+  (and to smoke size); `run(...)` trains or loads them through mlp_runs and returns a `Runs`
+  table of their histories. `epoch_seconds(...)` times networks one at a time, alone.
+* One metric table, METRICS: how a number is computed from a run, how a sentence names it, how
+  it is formatted; tables, the running text and the notes all use it.
 * The one comparison rule: two networks differ in a metric when Welch's t-test over their seeds
-  gives p < 0.05; otherwise they are the same. `check(claim, comparison)` backs a sentence of the
-  report with it: a claim the runs do not support gets a visible note (and fails under MLP_STRICT).
-* Number formatting (mean ± std, scientific notation) and `Table`, which renders a DataFrame as a
-  real table in the PDF (LaTeX, booktabs) and in the HTML report, through pandas' Styler.
+  gives p < 0.05; otherwise they are the same. `Runs.check(a, b, claims)` backs claims about a
+  pair of networks with it, `check(claim, evidence)` every other claim: a claim the runs do not
+  support gets a visible note (and fails the build under --strict).
+* Numbers for the running text (`pct`, `steps`, `num`, `sci`, `mean_std`, ...), written into the
+  Markdown cells as inline expressions {eval}`...`, and `Table` (booktabs LaTeX in the PDF, an
+  HTML table in the HTML report, both through pandas' Styler).
 * Analyses a task computes from a network rather than from its history (Tables 3.4 and 4.5).
 Plots live in mlp_plots.py; the ML itself in mlp_core.py.
 """
@@ -19,9 +24,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import html
+import json
 import math
 import os
+import platform
 import re
+import warnings
 from typing import Callable, Sequence
 
 import numpy as np
@@ -33,29 +41,35 @@ import mlp_runs
 ALPHA = 0.05  # significance level of the comparison rule
 COMPARISON_RULE = (
     f"Two networks are said to differ in a metric when Welch's t-test over their seeds gives "
-    f"p < {ALPHA:g} (two-sided); otherwise they are called the same. With one seed per network "
-    f"no difference can be established."
+    f"p < {ALPHA:g} (two-sided); otherwise they are called the same."
 )
-SMOKE_SETTINGS = dict(
-    n_train=2000, n_val=2000, max_epochs=2
-)  # what smoke mode changes in every run
-PCT = "\u00a0%"  # a percent sign that never starts a line
+SMOKE_SETTINGS = dict(n_train=2000, n_val=2000, max_epochs=2)  # what smoke mode changes
+NBSP = "\u00a0"  # between a number and its unit: never broken across lines
+UNTESTABLE = "†"  # marks a claim that one seed per network cannot test
 
 
-# ---- settings from the environment -----------------------------------------------------------------
+# ---- settings from the environment ---------------------------------------------------------------
+
+YES = ("1", "true", "yes", "on")
+NO = ("", "0", "false", "no", "off")
+
+
+def parse_flag(name: str, value: str) -> bool:
+    """A yes/no setting: 1, true, yes, on are yes; 0, false, no, off and '' are no."""
+    text = value.strip().lower()
+    if text in YES:
+        return True
+    if text in NO:
+        return False
+    raise ValueError(
+        f"{name}={value!r} is not understood: use 1 (or true, yes, on) to switch it on, "
+        f"0 (or false, no, off, or unset) to switch it off"
+    )
 
 
 def env_flag(name: str) -> bool:
-    """A yes/no environment variable: unset, '', 0, false, no, off are no; 1, true, yes, on are yes."""
-    value = os.environ.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(
-        f"{name}={os.environ[name]!r} is not understood: use 1 (or true, yes, on) to switch it on, "
-        f"0 (or false, no, off, or unset) to switch it off"
-    )
+    """A yes/no environment variable (see parse_flag); unset is no."""
+    return parse_flag(name, os.environ.get(name, ""))
 
 
 def smoke_mode() -> bool:
@@ -69,341 +83,239 @@ def strict_mode() -> bool:
 
 
 def n_seeds(default: int = 3) -> int:
-    """Seeds per network: $MLP_SEEDS if set (`make report SEEDS=1`), else 1 in smoke mode, else `default`."""
+    """Seeds per network: $MLP_SEEDS if set (`make report SEEDS=1`), else 1 in smoke mode, else
+    `default`."""
     value = os.environ.get("MLP_SEEDS", "").strip()
     if value and (not value.isdigit() or int(value) < 1):
-        raise ValueError(f"MLP_SEEDS must be a positive integer, got {value!r}")
-    return int(value) if value else 1 if smoke_mode() else default
+        raise ValueError(f"MLP_SEEDS must be a positive integer such as 3, got {value!r}")
+    if value:
+        return int(value)
+    return 1 if smoke_mode() else default
 
 
-# ---- experiments and their runs -----------------------------------------------------------------------
+# ---- experiments and their runs ------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiments:
-    """A notebook's networks (label -> RunConfig named by its label) and the seeds each is run with."""
+    """A notebook's networks (label -> RunConfig named by its label), the seeds each is run with,
+    and the labels of the networks whose time per epoch the notebook states."""
 
     networks: dict[str, mlp.RunConfig]
     seeds: tuple[int, ...]
+    timed: tuple[str, ...] = ()
 
     def configs(self) -> list[mlp.RunConfig]:
         return [c.replace(seed=s) for c in self.networks.values() for s in self.seeds]
 
 
 def experiments(
-    networks: dict[str, mlp.RunConfig], seeds: Sequence[int] | None = None
+    networks: dict[str, mlp.RunConfig],
+    seeds: Sequence[int] | None = None,
+    timed: Sequence[str] = (),
 ) -> Experiments:
-    """The networks of a notebook, each named by its label, shrunk in smoke mode, over n_seeds() seeds."""
+    """The networks of a notebook, each named by its label, shrunk in smoke mode, over n_seeds()
+    seeds; `timed` lists the networks whose time per epoch is measured (epoch_seconds)."""
+    if not isinstance(networks, dict) or not networks:
+        raise ValueError("networks must be a non-empty dict {label: RunConfig}")
+    for label, config in networks.items():
+        if not isinstance(config, mlp.RunConfig):
+            raise ValueError(f"network {label!r} must be a RunConfig, got {type(config).__name__}")
+    if seeds is None:
+        seeds = range(n_seeds())
+    seeds = tuple(mlp.RunConfig(seed=s).seed for s in seeds)  # checked, as Python ints
+    if not seeds:
+        raise ValueError("seeds must list at least one seed")
+    unknown = [label for label in timed if label not in networks]
+    if unknown:
+        raise ValueError(f"timed names networks that are not in the experiments: {unknown}")
     smoke = SMOKE_SETTINGS if smoke_mode() else {}
-    return Experiments(
-        {label: c.replace(name=label, **smoke) for label, c in networks.items()},
-        tuple(seeds) if seeds is not None else tuple(range(n_seeds())),
-    )
+    named = {label: c.replace(name=label, **smoke) for label, c in networks.items()}
+    return Experiments(named, seeds, tuple(timed))
 
 
 def run(exps: Experiments, **kwargs) -> Runs:
     """Train or load every run of `exps` (see mlp_runs.run_experiments) as a Runs table."""
+    if not isinstance(exps, Experiments):
+        raise ValueError(f"run() needs rep.experiments(...), got {type(exps).__name__}")
     histories = mlp_runs.run_experiments(exps.configs(), **kwargs)
-    return Runs(
-        {label: [h for h in histories if h.config.name == label] for label in exps.networks}
+    by_label = {label: [h for h in histories if h.config.name == label] for label in exps.networks}
+    return Runs(by_label)
+
+
+# ---- dedicated timings ---------------------------------------------------------------------------
+
+TIMING_REPEATS = 3  # epochs timed per network; the fastest counts
+
+
+def _machine() -> dict:
+    """What a timing depends on besides the code: the CPU and the BLAS library."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((line.split(":", 1)[1].strip() for line in fh if "model name" in line), cpu)
+    except OSError:
+        pass
+    blas = [
+        {key: info.get(key) for key in ("internal_api", "version", "architecture")}
+        for info in mlp._blas_controller().info()
+        if info.get("user_api") == "blas"
+    ]
+    return {"cpu": cpu, "cores": os.cpu_count(), "blas": blas}
+
+
+def _timing_probe(config: mlp.RunConfig) -> mlp.RunConfig:
+    """One epoch of training steps of `config`, with a single cheap validation at step 0."""
+    return config.replace(
+        name="", seed=0, max_epochs=1, validations_per_epoch=1, record_grad_norms=False
     )
 
 
-def _ms_per_epoch(h: mlp.History) -> float:
-    return 1000 * float(np.median(h.step_times)) if h.step_times else math.nan
-
-
-METRICS: dict[str, Callable[[mlp.History], float]] = {
-    "train_loss": lambda h: h.final["train_loss"],
-    "val_loss": lambda h: h.final["val_loss"],
-    "train_acc": lambda h: 100 * h.final["train_acc"],  # %
-    "val_acc": lambda h: 100 * h.final["val_acc"],  # %
-    "gap": lambda h: 100 * (h.final["train_acc"] - h.final["val_acc"]),  # percentage points
-    "best_val_loss": lambda h: h.best_val_loss,
-    "best_step": lambda h: h.best_step,
-    "steps": lambda h: h.steps,
-    "rise": lambda h: (
-        h.final["val_loss"] - h.best_val_loss
-    ),  # validation loss gained after its lowest
-    "ms_per_epoch": _ms_per_epoch,  # training steps of an epoch, median
-}
-
-
-def steps_to(accuracy: float) -> Callable[[mlp.History], float]:
-    """A metric: the first validation step at which the validation accuracy reaches `accuracy` (NaN if never)."""
-
-    def metric(h: mlp.History) -> float:
-        reached = np.flatnonzero(np.asarray(h.val_acc) >= accuracy)
-        return float(h.val_steps[reached[0]]) if reached.size else math.nan
-
-    metric.__qualname__ = f"steps to {100 * accuracy:.0f} %"
-    return metric
-
-
-class Runs(dict):
-    """label -> the histories of that network, one per seed. Metrics are computed over the runs that
-    completed (a diverged or interrupted run is left out, and `mean_std` says so)."""
-
-    def first(self, label: str) -> mlp.History:
-        """The run of the first seed, the one the figures show."""
-        return self[label][0]
-
-    def per_seed(self, label: str, metric: str | Callable) -> np.ndarray:
-        f = METRICS[metric] if isinstance(metric, str) else metric
-        values = np.array([f(h) for h in self[label] if h.completed], dtype=float)
-        return values[~np.isnan(values)]
-
-    def mean(self, label: str, metric: str | Callable) -> float:
-        values = self.per_seed(label, metric)
-        return float(values.mean()) if values.size else math.nan
-
-    def mean_std(self, label: str, metric: str | Callable, fmt: str = ".4f") -> str:
-        """'mean ± std' over the seeds, naming the runs left out (failed, or never reaching a level)."""
-        values, failed = self.per_seed(label, metric), self.failures(label)
-        missing = len(self[label]) - sum(failed.values()) - len(values)
-        if not values.size:
-            return "–"
-        return mean_std(
-            values, fmt, failed=dict(failed, **({"without a value": missing} if missing else {}))
-        )
-
-    def common_level(self, labels: Sequence[str]) -> float:
-        """The highest whole percentage, less one point, that the validation accuracy of every run of
-        `labels` reaches at some validation (as a fraction): a level all of them can be timed to."""
-        top = min(max(h.val_acc) for label in labels for h in self[label])
-        return (math.floor(100 * top) - 1) / 100
-
-    def against(
-        self, a: str, b: str, metric: str | Callable, fmt: str = ".4f", unit: str = ""
-    ) -> str:
-        """'0.1380 against 0.2977': the mean of network a against network b's, for running text."""
-        return f"{self.mean(a, metric):{fmt}}{unit} against {self.mean(b, metric):{fmt}}{unit}".replace(
-            "-", "−"
-        )
-
-    def versus(self, a: str, b: str, metrics: Sequence[str]) -> str:
-        """'training loss 0.0254 against 0.0018, validation accuracy 96.90 % against 96.33 %, ...':
-        several metrics of network a against network b's, in the words and formats of WORDS."""
-        return ", ".join(f"{WORDS[m][0]} {self.against(a, b, m, *WORDS[m][1:])}" for m in metrics)
-
-    def check(self, a: str, b: str, claims: dict[str, tuple[str, str | Callable]]) -> None:
-        """Back claims about network a against network b, each claim -> (expected verdict: "higher",
-        "lower" or "same"; metric), with the comparison rule (see check())."""
-        for claim, (verdict, metric) in claims.items():
-            check(claim, self.compare(a, b, metric).expect(verdict))
-
-    def z_score(self, label: str, metric: str | Callable, value: float) -> float:
-        """How many standard deviations of the seeds `value` lies from their mean (NaN with one seed)."""
-        v = self.per_seed(label, metric)
-        return float((value - v.mean()) / v.std(ddof=1)) if len(v) > 1 and v.std() > 0 else math.nan
-
-    def span(self, label: str, metric: str | Callable, fmt: str = ",.0f") -> str:
-        """'lowest–highest' of a metric over the seeds, as formatted ('26,376–29,626'), or one value."""
-        values = [
-            format(v, fmt)
-            for v in (self.per_seed(label, metric).min(), self.per_seed(label, metric).max())
-        ]
-        return values[0] if values[0] == values[1] else "–".join(values)
-
-    def failures(self, label: str) -> dict[str, int]:
-        """How many runs of `label` did not complete, by reason."""
-        return dict(
-            pd.Series(
-                [h.stop_reason for h in self[label] if not h.completed], dtype=object
-            ).value_counts()
-        )
-
-    def compare(self, a: str, b: str, metric: str | Callable) -> Comparison:
-        return compare(self.per_seed(a, metric), self.per_seed(b, metric), a, b, metric)
-
-    def higher(self, a: str, b: str, metric: str | Callable) -> Comparison:
-        return self.compare(a, b, metric).expect("higher")
-
-    def lower(self, a: str, b: str, metric: str | Callable) -> Comparison:
-        return self.compare(a, b, metric).expect("lower")
-
-    def same(self, a: str, b: str, metric: str | Callable) -> Comparison:
-        return self.compare(a, b, metric).expect("same")
-
-    def stop_reasons(self) -> set[str]:
-        return {h.stop_reason for hs in self.values() for h in hs}
-
-    def table(
-        self,
-        columns: dict[str, tuple[str | Callable, str]],
-        labels: Sequence[str] | None = None,
-        first: str = "network",
-        seeds: bool = False,
-    ) -> pd.DataFrame:
-        """One row per network: its label (and number of seeds), then 'mean ± std' of each column's
-        (metric, format)."""
-        rows = []
-        for label in labels or list(self):
-            row = {first: label, **({"seeds": len(self[label])} if seeds else {})}
-            row.update(
-                {col: self.mean_std(label, metric, fmt) for col, (metric, fmt) in columns.items()}
-            )
-            rows.append(row)
-        return pd.DataFrame(rows)
-
-
-# How running text names a metric of METRICS, with its format and unit (for Runs.versus).
-WORDS = {
-    "train_loss": ("training loss", ".4f", ""),
-    "val_loss": ("final validation loss", ".4f", ""),
-    "train_acc": ("training accuracy", ".2f", PCT),
-    "val_acc": ("validation accuracy", ".2f", PCT),
-    "gap": ("accuracy gap", ".2f", " points"),
-    "best_val_loss": ("lowest validation loss", ".4f", ""),
-    "best_step": ("lowest validation loss at step", ",.0f", ""),
-    "rise": ("rise after the minimum", ".4f", ""),
-    "ms_per_epoch": ("an epoch of training steps", ".1f", " ms"),
-}
-FINAL_COLUMNS = {
-    "train loss": ("train_loss", ".4f"),
-    "val loss": ("val_loss", ".4f"),
-    "train acc (%)": ("train_acc", ".2f"),
-    "val acc (%)": ("val_acc", ".2f"),
-}
-
-
-# ---- the comparison rule and checked claims ----------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Comparison:
-    """Metric `metric` of network a against network b over their seeds, by Welch's t-test."""
-
-    a: np.ndarray
-    b: np.ndarray
-    names: tuple[str, str] = ("a", "b")
-    metric: str = ""
-    expected: str | None = None  # "higher", "lower" or "same": what a claim says of a against b
-
-    @property
-    def p(self) -> float:
-        """Two-sided p-value of Welch's t-test; NaN when either side has fewer than two seeds."""
-        if min(len(self.a), len(self.b)) < 2:
-            return math.nan
-        if self.a.std() == 0 and self.b.std() == 0:  # no spread at all: the means decide
-            return 1.0 if self.a.mean() == self.b.mean() else 0.0
-        import warnings
-
-        from scipy.stats import ttest_ind
-
-        with (
-            warnings.catch_warnings()
-        ):  # values equal to many digits (accuracies of 100 %) are fine
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return float(ttest_ind(self.a, self.b, equal_var=False).pvalue)
-
-    @property
-    def verdict(self) -> str | None:
-        """'higher' or 'lower' (a against b) when p < ALPHA, 'same' otherwise, None with one seed."""
-        if math.isnan(self.p):
-            return None
-        return "same" if self.p >= ALPHA else "higher" if self.a.mean() > self.b.mean() else "lower"
-
-    @property
-    def holds(self) -> bool:
-        return self.expected is not None and self.verdict == self.expected
-
-    def expect(self, verdict: str) -> Comparison:
-        return dataclasses.replace(self, expected=verdict)
-
-    def __str__(self) -> str:
-        means = (
-            f"mean {self.a.mean():.4g} against {self.b.mean():.4g}"
-            if self.a.size and self.b.size
-            else "no runs"
-        )
-        test = (
-            f"Welch's t-test p = {self.p:.2g}"
-            if not math.isnan(self.p)
-            else f"{min(len(self.a), len(self.b))} run(s) per network, too few to test"
-        )
-        return f"{self.metric} of {self.names[0]} against {self.names[1]}: {means}, {test}"
-
-
-def compare(
-    a: Sequence[float],
-    b: Sequence[float],
-    name_a: str = "a",
-    name_b: str = "b",
-    metric: str | Callable = "",
-) -> Comparison:
-    """Compare the per-seed values of two networks with the one rule (see COMPARISON_RULE)."""
-    metric = metric if isinstance(metric, str) else getattr(metric, "__qualname__", "metric")
-    return Comparison(
-        np.asarray(a, dtype=float), np.asarray(b, dtype=float), (name_a, name_b), metric
+def _timing_path(config: mlp.RunConfig):
+    key = json.dumps(
+        {"config": dataclasses.asdict(_timing_probe(config)), "code": mlp_runs.code_digest()},
+        sort_keys=True,
     )
+    machine = json.dumps(_machine(), sort_keys=True)
+    digest = hashlib.sha256((key + machine).encode()).hexdigest()[:24]
+    return mlp_runs.store_dir() / "timings" / f"epoch-{digest}.json"
 
 
-class ClaimNotSupported(AssertionError):
-    """Raised by check() under MLP_STRICT when the runs do not support a claim of the report."""
+def epoch_seconds(exps: Experiments, measure: bool = True) -> dict[str, float]:
+    """Seconds per epoch of training steps (validations excluded) of every timed network of
+    `exps`: the fastest of TIMING_REPEATS epochs, each network timed alone on one thread.
+
+    The report build measures them after training, with nothing else running, and keeps them
+    for this machine; a notebook run by hand measures what is missing (measure=False: NaN)."""
+    seconds = {}
+    for label in exps.timed:
+        config = exps.networks[label]
+        path = _timing_path(config)
+        try:
+            seconds[label] = float(json.loads(path.read_text())["seconds"])
+            continue
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        if not measure:
+            seconds[label] = math.nan
+            continue
+        probe = _timing_probe(config)
+        data = mlp.prepare_data(probe.n_train, probe.dtype, probe.n_val)
+        times = []
+        for _ in range(TIMING_REPEATS):
+            hist = mlp.train(probe, data, progress=False)
+            times.append(hist.step_times[0])
+        seconds[label] = min(times)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps({"seconds": seconds[label], "all": times}))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a timing that cannot be kept is measured again next time
+    return seconds
 
 
-def check(claim: str, evidence: Comparison | bool, detail: str = "") -> None:
-    """Back a sentence of the report with the runs. A claim that holds shows nothing; one that does not
-    shows a visible note beside the text (and is listed by the report build), or raises
-    ClaimNotSupported under MLP_STRICT. `evidence` is a Comparison with an expected verdict, or a bool."""
-    holds = evidence.holds if isinstance(evidence, Comparison) else bool(evidence)
-    detail = detail or (str(evidence) if isinstance(evidence, Comparison) else "")
-    if holds:
-        return
-    if strict_mode():
-        raise ClaimNotSupported(
-            f"claim not supported by these runs: {claim!r}" + (f" ({detail})" if detail else "")
-        )
-    from IPython.display import Markdown, display
-
-    note = f"**Not supported by these runs:** {claim}" + (f" ({detail})." if detail else ".")
-    display(Markdown(f"> ⚠ {note}"), metadata={"mlp_claim": {"claim": claim, "detail": detail}})
+# ---- numbers for the running text ----------------------------------------------------------------
 
 
-# ---- number formatting ---------------------------------------------------------------------------------
+class Text(str):
+    """A string that shows as itself in Jupyter (no quotes): the value of an inline expression."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(str(self))
 
 
-def mean_std(
-    values: Sequence[float], fmt: str = ".4f", failed: dict[str, int] | None = None
-) -> str:
-    """'mean ± std' (sample standard deviation) in format `fmt`; the plain value for one run; '–' for
-    none. Runs left out (`failed`: reason -> count) are named: '0.1402 (2 of 3 seeds; 1 diverged)'."""
-    v = np.asarray(values, dtype=float)
-    text = (
-        "–"
-        if not v.size
-        else format(v[0], fmt)
-        if v.size == 1
-        else (f"{format(v.mean(), fmt)} ± {format(v.std(ddof=1), fmt)}")
-    )
-    if failed:
-        lost = "; ".join(f"{n} {reason.replace('_', ' ')}" for reason, n in failed.items())
-        text += f" ({v.size} of {v.size + sum(failed.values())} seeds; {lost})"
-    return text.replace("-", "−")
+_MINUS = str.maketrans({"-": "−"})
+_SUPERSCRIPTS = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
-def mean_std_sig(values: Sequence[float], digits: int = 3) -> str:
-    """'mean ± std' with the mean to `digits` significant digits and the std to as many decimals."""
-    v = np.asarray(values, dtype=float)
-    decimals = (
-        max(0, digits - 1 - math.floor(math.log10(abs(v.mean())))) if v.mean() else digits - 1
-    )
-    return mean_std(v, f".{decimals}f")
+def _finite(x) -> bool:
+    return isinstance(x, (int, float, np.number)) and math.isfinite(float(x))
 
 
-def sci(x: float, digits: int = 3) -> str:
-    """x in scientific notation as LaTeX math, '$1.45 \\times 10^{-8}$': for Markdown text and for Table
-    cells alike (the PDF typesets it, the HTML table shows 1.45 × 10<sup>−8</sup>)."""
-    if x == 0 or not math.isfinite(x):
-        return f"${x:g}$"
+def num(x: float, decimals: int = 4) -> Text:
+    """x with `decimals` decimals and a true minus sign: '0.1402', '−1.64'; '–' if not finite."""
+    if not _finite(x):
+        return Text("–")
+    return Text(f"{x:,.{decimals}f}".translate(_MINUS))
+
+
+def sig(x: float, digits: int = 3) -> Text:
+    """x to `digits` significant digits, without exponent for ordinary sizes: '3.40', '0.00635'."""
+    if not _finite(x):
+        return Text("–")
+    if x == 0:
+        return Text("0")
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    return num(x, decimals)
+
+
+def pct(x: float, decimals: int = 2) -> Text:
+    """A percentage (x already in %): '96.33 %'."""
+    return Text(f"{num(x, decimals)}{NBSP}%") if _finite(x) else Text("–")
+
+
+def steps(x: float) -> Text:
+    """A count of gradient steps (or images, parameters): '21,583'."""
+    return Text(f"{round(float(x)):,}") if _finite(x) else Text("–")
+
+
+def signed(x: float, decimals: int = 2) -> Text:
+    """A signed number with a true minus sign: '+0.57', '−1.64'."""
+    return Text(f"{x:+.{decimals}f}".translate(_MINUS)) if _finite(x) else Text("–")
+
+
+def sci(x: float, digits: int = 3) -> Text:
+    """x in scientific notation, '1.45 × 10⁻⁸' (the report build sets the power as math)."""
+    if not _finite(x) or x == 0:
+        return Text(f"{x:g}")
     exponent = math.floor(math.log10(abs(x)))
-    mantissa = f"{x / 10**exponent:.{digits - 1}f}"
-    return (
-        f"${mantissa} \\times 10^{{{exponent}}}$"
-        if mantissa not in ("1", "1.0", "1.00")
-        else f"$10^{{{exponent}}}$"
-    )
+    mantissa = f"{x / 10**exponent:.{digits - 1}f}".translate(_MINUS)
+    power = f"10{str(exponent).translate(_SUPERSCRIPTS)}"
+    if mantissa in ("1", "1.0", "1.00"):
+        return Text(power)
+    return Text(f"{mantissa} × {power}")
+
+
+_POWER = re.compile(r"(\d(?:\.\d+)?) × 10([⁻⁰¹²³⁴⁵⁶⁷⁸⁹]+)|\b10([⁻⁰¹²³⁴⁵⁶⁷⁸⁹]+)")
+_PLAIN_DIGITS = str.maketrans("⁻⁰¹²³⁴⁵⁶⁷⁸⁹", "-0123456789")
+
+
+def powers_as_math(text: str) -> str:
+    """The powers of ten of sci() ('1.45 × 10⁻⁸') as LaTeX math ('$1.45 \\times 10^{-8}$'), for
+    the PDF, whose text font has no superscript digits."""
+
+    def power(m: re.Match) -> str:
+        if m.group(1):
+            return f"${m.group(1)} \\times 10^{{{m.group(2).translate(_PLAIN_DIGITS)}}}$"
+        return f"$10^{{{m.group(3).translate(_PLAIN_DIGITS)}}}$"
+
+    return _POWER.sub(power, text)
+
+
+def mean_std(values: Sequence[float], fmt: str = ".4f", unit: str = "") -> Text:
+    """'mean ± std' (sample standard deviation) of `values`; the value alone for one; '–' for
+    none."""
+    v = np.asarray(values, dtype=float)
+    if not v.size:
+        return Text("–")
+    if v.size == 1:
+        text = format(v[0], fmt)
+    else:
+        text = f"{format(v.mean(), fmt)} ± {format(v.std(ddof=1), fmt)}"
+    return Text(text.translate(_MINUS) + unit)
+
+
+def mean_std_sig(values: Sequence[float], digits: int = 3) -> Text:
+    """'mean ± std', the mean to `digits` significant digits and the std to as many decimals."""
+    v = np.asarray(values, dtype=float)
+    mean = float(v.mean())
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(mean)))) if mean else digits - 1
+    return mean_std(v, f".{decimals}f")
 
 
 def tex_int(n: int) -> str:
@@ -411,113 +323,397 @@ def tex_int(n: int) -> str:
     return f"{n:,}".replace(",", "{,}")
 
 
-def seeds_note(n: int) -> str:
+def seeds_note(n: int) -> Text:
     """'mean ± standard deviation over 3 seeds' or 'one seed', for captions."""
-    return f"mean ± standard deviation over {n} seeds" if n > 1 else "one seed"
+    return Text(f"mean ± standard deviation over {n} seeds" if n > 1 else "one seed")
 
 
-def runs_note(exps: Experiments) -> str:
-    """How a notebook's networks were run, for its opening: seeds, what tables and figures show, and
-    a warning in smoke mode."""
-    n, seeds = len(exps.seeds), ", ".join(map(str, exps.seeds))
-    text = (
-        f"Every network here is trained with {n} seeds ({seeds}): tables give the mean ± standard deviation "
-        f"over the seeds, figures show the run of seed {exps.seeds[0]}."
-        if n > 1
-        else f"Every network here is trained with one seed ({seeds}), so there is no spread between seeds to judge "
-        f"differences against: claims that two networks differ are marked as not supported."
-    )
-    smoke = next(iter(exps.networks.values()))
-    return text + (
-        f" **Smoke build: every run uses {smoke.n_train:,} training images and {smoke.max_epochs} "
-        f"epochs, so the numbers are not the protocol's.**"
-        if smoke_mode()
-        else ""
-    )
+# ---- the metric table ----------------------------------------------------------------------------
 
 
-# ---- tables ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A number computed from one run: how, how a sentence names it, how a table heads it, and
+    its format and unit."""
+
+    value: Callable[[mlp.History], float]
+    words: str  # in a sentence: "validation accuracy"
+    header: str  # a table column: "val acc (%)"
+    fmt: str = ".4f"
+    unit: str = ""  # after the number in text: " %", " ms"
+
+    def text(self, x: float) -> Text:
+        """x in this metric's format and unit."""
+        if not _finite(x):
+            return Text("–")
+        return Text(format(x, self.fmt).translate(_MINUS) + self.unit)
+
+
+PERCENT = NBSP + "%"
+METRICS: dict[str, Metric] = {
+    "train_loss": Metric(lambda h: h.final["train_loss"], "training loss", "train loss"),
+    "val_loss": Metric(lambda h: h.final["val_loss"], "final validation loss", "val loss"),
+    "train_acc": Metric(
+        lambda h: 100 * h.final["train_acc"], "training accuracy", "train acc (%)", ".2f", PERCENT
+    ),
+    "val_acc": Metric(
+        lambda h: 100 * h.final["val_acc"], "validation accuracy", "val acc (%)", ".2f", PERCENT
+    ),
+    "gap": Metric(
+        lambda h: 100 * (h.final["train_acc"] - h.final["val_acc"]),
+        "accuracy gap",
+        "train − val acc (pp)",
+        ".2f",
+        NBSP + "points",
+    ),
+    "best_val_loss": Metric(lambda h: h.best_val_loss, "lowest validation loss", "lowest val loss"),
+    "best_step": Metric(
+        lambda h: h.best_step, "step of the lowest validation loss", "best at", ",.0f"
+    ),
+    "steps": Metric(lambda h: h.steps, "number of steps", "steps", ",.0f"),
+    "rise": Metric(
+        lambda h: h.final["val_loss"] - h.best_val_loss,
+        "rise of the validation loss after its lowest value",
+        "final − lowest",
+    ),
+}
+
+
+def metric(m: str | Metric) -> Metric:
+    """A Metric, given itself or its name in METRICS."""
+    if isinstance(m, Metric):
+        return m
+    if m not in METRICS:
+        raise ValueError(f"unknown metric {m!r}: use one of {sorted(METRICS)} or a rep.Metric")
+    return METRICS[m]
+
+
+def steps_to(accuracy: float) -> Metric:
+    """The first validation step at which the validation accuracy reaches `accuracy` (NaN if it
+    never does)."""
+
+    def first_step(h: mlp.History) -> float:
+        reached = np.flatnonzero(np.asarray(h.val_acc) >= accuracy)
+        return float(h.val_steps[reached[0]]) if reached.size else math.nan
+
+    level = f"{100 * accuracy:.0f}{PERCENT}"
+    return Metric(first_step, f"steps to {level}", level, ",.0f")
+
+
+# ---- the runs of a notebook ----------------------------------------------------------------------
+
+
+class Runs(dict):
+    """label -> the histories of that network, one per seed. Metrics are computed over the runs
+    that completed; a diverged or stopped run is left out, and tables say so."""
+
+    def first(self, label: str) -> mlp.History:
+        """The run of the first seed, the one the figures show."""
+        return self[label][0]
+
+    def per_seed(self, label: str, m: str | Metric) -> np.ndarray:
+        """The metric of every completed run of `label` that has a value (NaN left out)."""
+        f = metric(m).value
+        values = np.array([f(h) for h in self[label] if h.completed], dtype=float)
+        return values[~np.isnan(values)]
+
+    def mean(self, label: str, m: str | Metric) -> float:
+        values = self.per_seed(label, m)
+        return float(values.mean()) if values.size else math.nan
+
+    def value(self, label: str, m: str | Metric) -> Text:
+        """The mean over the seeds, in the metric's format and unit: '96.33 %'."""
+        return metric(m).text(self.mean(label, m))
+
+    def span(self, label: str, m: str | Metric) -> Text:
+        """'lowest–highest' over the seeds, in the metric's format ('26,376–29,626'); one value
+        when they are equal."""
+        values = self.per_seed(label, m)
+        if not values.size:
+            return Text("–")
+        low, high = metric(m).text(values.min()), metric(m).text(values.max())
+        return low if low == high else Text(f"{low}–{high}")
+
+    def mean_std(self, label: str, m: str | Metric) -> Text:
+        """'mean ± std' over the seeds in the metric's format and unit ('96.33 ± 0.11 %'), for
+        the running text."""
+        m = metric(m)
+        return Text(self.cell(label, m) + (m.unit if self.per_seed(label, m).size else ""))
+
+    def cell(self, label: str, m: str | Metric) -> Text:
+        """'mean ± std' over the seeds in the metric's format, for a table, naming the runs left
+        out: '0.1402 ± 0.0048 (2 of 3 seeds; 1 diverged)'."""
+        m = metric(m)
+        values = self.per_seed(label, m)
+        text = mean_std(values, m.fmt)
+        left_out = [h for h in self[label] if not h.completed]
+        if left_out:
+            reasons = pd.Series([h.stop_reason.replace("_", " ") for h in left_out])
+            lost = "; ".join(f"{n} {reason}" for reason, n in reasons.value_counts().items())
+            text = f"{text} ({len(values)} of {len(self[label])} seeds; {lost})"
+        elif len(values) < len(self[label]):
+            text = f"{text} ({len(self[label]) - len(values)} without a value)"
+        return Text(text)
+
+    def common_level(self, labels: Sequence[str]) -> float:
+        """The highest whole percentage, less one point, that the validation accuracy of every
+        completed run of `labels` reaches at some validation (as a fraction)."""
+        tops = [max(h.val_acc) for label in labels for h in self[label] if h.completed]
+        if not tops:
+            return math.nan
+        return (math.floor(100 * min(tops)) - 1) / 100
+
+    def z_score(self, label: str, m: str | Metric, value: float) -> float:
+        """How many standard deviations of the seeds `value` lies from their mean (NaN with one
+        seed)."""
+        v = self.per_seed(label, m)
+        if len(v) < 2 or v.std() == 0:
+            return math.nan
+        return float((value - v.mean()) / v.std(ddof=1))
+
+    def stop_reasons(self) -> set[str]:
+        return {h.stop_reason for hs in self.values() for h in hs}
+
+    def compare(self, a: str, b: str, m: str | Metric) -> Comparison:
+        """Network a against network b in a metric, by the comparison rule."""
+        return Comparison(self.per_seed(a, m), self.per_seed(b, m), (a, b), metric(m))
+
+    def check(self, a: str, b: str, claims: dict[str, tuple[str, str | Metric]]) -> None:
+        """Back claims about network a against network b, each claim -> (the verdict it states:
+        "higher", "lower" or "same"; the metric), with the comparison rule. See check()."""
+        notes = []
+        for claim, (verdict, m) in claims.items():
+            comparison = self.compare(a, b, m).expect(verdict)
+            notes += _claim_notes(claim, comparison, "")
+        _show_notes(notes)
+
+    def table(
+        self,
+        columns: Sequence[str | Metric] | dict[str, str | Metric],
+        labels: Sequence[str] | None = None,
+        first: str = "network",
+        seeds: bool = False,
+    ) -> pd.DataFrame:
+        """One row per network: its label (and number of seeds), then 'mean ± std' of every
+        metric, headed by the metric's header (or by the dict's keys)."""
+        if not isinstance(columns, dict):
+            columns = {metric(m).header: m for m in columns}
+        rows = []
+        for label in labels or list(self):
+            row = {first: label}
+            if seeds:
+                row["seeds"] = len(self[label])
+            for header, m in columns.items():
+                row[header] = self.cell(label, m)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+FINAL_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")  # the protocol's final table
+
+
+# ---- the comparison rule and checked claims ------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Comparison:
+    """A metric of network a against network b over their seeds, by Welch's t-test."""
+
+    a: np.ndarray
+    b: np.ndarray
+    names: tuple[str, str] = ("a", "b")
+    metric: Metric = dataclasses.field(default_factory=lambda: Metric(lambda h: 0.0, "value", ""))
+    expected: str | None = None  # "higher", "lower" or "same": what a claim says of a against b
+
+    @property
+    def testable(self) -> bool:
+        return min(len(self.a), len(self.b)) >= 2
+
+    @property
+    def p(self) -> float:
+        """Two-sided p-value of Welch's t-test; NaN when either side has fewer than two seeds."""
+        if not self.testable:
+            return math.nan
+        if self.a.std() == 0 and self.b.std() == 0:  # no spread at all: the means decide
+            return 1.0 if self.a.mean() == self.b.mean() else 0.0
+        from scipy.stats import ttest_ind
+
+        with warnings.catch_warnings():  # values equal to many digits (accuracies of 100 %)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return float(ttest_ind(self.a, self.b, equal_var=False).pvalue)
+
+    @property
+    def verdict(self) -> str | None:
+        """'higher' or 'lower' (a against b) when p < ALPHA, 'same' otherwise, None untestable."""
+        if not self.testable:
+            return None
+        if self.p >= ALPHA:
+            return "same"
+        return "higher" if self.a.mean() > self.b.mean() else "lower"
+
+    @property
+    def holds(self) -> bool:
+        return self.expected is not None and self.verdict == self.expected
+
+    def expect(self, verdict: str) -> Comparison:
+        if verdict not in ("higher", "lower", "same"):
+            raise ValueError(f"a verdict is 'higher', 'lower' or 'same', got {verdict!r}")
+        return dataclasses.replace(self, expected=verdict)
+
+    def __str__(self) -> str:
+        m = self.metric
+        mean_a = m.text(self.a.mean()) if self.a.size else "no run"
+        mean_b = m.text(self.b.mean()) if self.b.size else "no run"
+        means = f"{m.words} {mean_a} ({self.names[0]}) against {mean_b} ({self.names[1]})"
+        if not self.testable:
+            return means
+        return f"{means}, Welch's p = {sig(self.p, 2)}"
+
+
+def compare(a, b, name_a: str = "a", name_b: str = "b", m: str | Metric | None = None):
+    """Compare two sets of per-seed values with the one rule (see COMPARISON_RULE)."""
+    m = metric(m) if m is not None else Metric(lambda h: 0.0, "value", "")
+    values = (np.asarray(a, dtype=float), np.asarray(b, dtype=float))
+    return Comparison(values[0], values[1], (name_a, name_b), m)
+
+
+class ClaimNotSupported(AssertionError):
+    """Raised under MLP_STRICT when the runs do not support a claim of the report."""
+
+
+def check(claim: str, evidence: Comparison | bool | None, detail: str = "") -> None:
+    """Back a sentence of the report with the runs. A claim that holds shows nothing. One that
+    does not shows a visible note (listed by the report build; an error under MLP_STRICT). A
+    Comparison that one seed per network cannot decide shows a compact mark instead.
+    `evidence` is a Comparison with an expected verdict (Runs.check builds those), a bool, or
+    None for a claim these runs cannot test (one seed: no spread), which is marked as such."""
+    _show_notes(_claim_notes(claim, evidence, detail))
+
+
+def _claim_notes(claim: str, evidence: Comparison | bool | None, detail: str) -> list[dict]:
+    if evidence is None:
+        return [{"claim": claim, "detail": detail, "untestable": True}]
+    if isinstance(evidence, Comparison):
+        if evidence.expected is None:
+            raise ValueError("a Comparison used as evidence needs the verdict: .expect('higher')")
+        if not evidence.testable:
+            return [{"claim": claim, "detail": str(evidence), "untestable": True}]
+        holds = evidence.holds
+        detail = detail or str(evidence)
+    else:
+        holds = bool(evidence)
+    if holds:
+        return []
+    if strict_mode():
+        detail_text = f" ({detail})" if detail else ""
+        raise ClaimNotSupported(f"claim not supported by these runs: {claim!r}{detail_text}")
+    return [{"claim": claim, "detail": detail, "untestable": False}]
+
+
+def _show_notes(notes: list[dict]) -> None:
+    """Display unsupported claims as notes, and untestable ones as one compact marked line."""
+    from IPython.display import Markdown, display
+
+    for note in notes:
+        if note["untestable"]:
+            continue
+        detail = f" ({note['detail']})" if note["detail"] else ""
+        text = f"> ⚠ **Not supported by these runs:** {note['claim']}{detail}."
+        display(Markdown(text), metadata={"mlp_claim": note})
+    untestable = [note for note in notes if note["untestable"]]
+    if untestable:
+        claims = "; ".join(note["claim"] for note in untestable)
+        text = f"<small>{UNTESTABLE} Not tested with one seed: {claims}.</small>"
+        display(Markdown(text), metadata={"mlp_claims_untestable": untestable})
+
+
+def seed_note(exps: Experiments) -> None:
+    """Display how a notebook's networks were run when that changes how to read it: with one
+    seed (differences cannot be tested) or in smoke mode. A normal build shows nothing."""
+    from IPython.display import Markdown, display
+
+    lines = []
+    if len(exps.seeds) == 1:
+        lines.append(
+            f"*This build trains every network with one seed ({exps.seeds[0]}), so there is no "
+            f"spread between seeds to judge a difference against: claims that two networks "
+            f"differ are not tested, and are marked {UNTESTABLE} where they are checked.*"
+        )
+    if smoke_mode():
+        config = next(iter(exps.networks.values()))
+        lines.append(
+            f"**Smoke build: every run uses {config.n_train:,} training images and "
+            f"{config.max_epochs} epochs, so the numbers are not the protocol's.**"
+        )
+    if lines:
+        display(Markdown("\n\n".join(lines)))
+
+
+# ---- tables --------------------------------------------------------------------------------------
 
 
 def _html_math(text: str) -> str:
-    """Simple LaTeX math ($W_{11}$, $1.5 \\times 10^{-8}$) in HTML-escaped text as HTML."""
+    """Simple LaTeX math ($W_{11}$, $1.5 \\times 10^{-8}$) in HTML-escaped text, as HTML."""
 
     def convert(m: re.Match) -> str:
-        s = (
-            m.group(1)
-            .replace("\\times", "×")
-            .replace("\\pm", "±")
-            .replace("\\cdot", "·")
-            .replace("-", "−")
-        )
+        s = m.group(1)
+        for tex, sign in (("\\times", "×"), ("\\pm", "±"), ("\\cdot", "·"), ("-", "−")):
+            s = s.replace(tex, sign)
         s = re.sub(r"\s*([×±·])\s*", "\u2009\\1\u2009", s)  # thin spaces around operators
-        s = re.sub(
-            r"([_^])\{([^}]*)\}|([_^])(\w)",
-            lambda t: "<{0}>{1}</{0}>".format(
-                "sub" if (t.group(1) or t.group(3)) == "_" else "sup", t.group(2) or t.group(4)
-            ),
-            s,
-        )
+
+        def script(t: re.Match) -> str:
+            tag = "sub" if (t.group(1) or t.group(3)) == "_" else "sup"
+            return f"<{tag}>{t.group(2) or t.group(4)}</{tag}>"
+
+        s = re.sub(r"([_^])\{([^}]*)\}|([_^])(\w)", script, s)
         return f'<span class="mlp-math">{s}</span>'
 
     return re.sub(r"\$([^$]+)\$", convert, text)
 
 
 class Table:
-    """A DataFrame with a numbered caption that displays as a real table: booktabs LaTeX in the PDF,
-    an HTML table in the HTML report, both rendered by pandas' Styler. `formats` gives a format spec per
-    numeric column; text columns are left-aligned, numbers right-aligned; cells and headers may hold
-    simple LaTeX math ($W_{1}$, sci())."""
+    """A DataFrame that displays as a real table: booktabs LaTeX in the PDF, an HTML table in the
+    HTML report, both rendered by pandas' Styler. Its caption is the Markdown paragraph above it
+    ("**Table 2.2:** ..."). `formats` gives a format spec per numeric column; text columns are
+    left-aligned, numbers right-aligned; cells and headers may hold simple LaTeX math."""
 
-    def __init__(self, df: pd.DataFrame, caption: str, formats: dict[str, str] | None = None):
-        self.df, self.caption, self.formats = df.reset_index(drop=True), caption, formats or {}
+    def __init__(self, df: pd.DataFrame, formats: dict[str, str] | None = None):
+        self.df = df.reset_index(drop=True)
+        self.formats = formats or {}
 
     def _is_text(self, column: str) -> bool:
-        """Words are left-aligned; numbers, 'mean ± std' and sci() values right-aligned."""
-        return any(
-            isinstance(v, str) and re.search(r"[A-Za-z]", re.sub(r"\$[^$]*\$", "", v))
-            for v in self.df[column]
-        )
+        """Words are left-aligned; numbers, 'mean ± std' and math right-aligned."""
+        for v in self.df[column]:
+            if isinstance(v, str) and re.search(r"[A-Za-z]", re.sub(r"\$[^$]*\$", "", v)):
+                return True
+        return False
 
     def _styler(self, target: str):
         def cell(column: str) -> Callable:
             spec = self.formats.get(column)
 
             def render(v) -> str:
-                text = (
-                    format(v, spec) if spec and isinstance(v, (int, float, np.number)) else str(v)
-                )
+                is_number = isinstance(v, (int, float, np.number))
+                text = format(v, spec) if spec and is_number else powers_as_math(str(v))
                 return _html_math(html.escape(text)) if target == "html" else text
 
             return render
 
-        uuid = hashlib.sha1(self.caption.encode()).hexdigest()[
-            :8
-        ]  # stable output, build after build
-        styler = self.df.style.hide(axis="index").format(
-            {c: cell(c) for c in self.df.columns},
-            escape="latex-math" if target == "latex" else None,
-            na_rep="–",
-        )
-        return styler.set_uuid(uuid).format_index(
-            (lambda h: _html_math(html.escape(str(h)))) if target == "html" else None,
-            escape="latex-math" if target == "latex" else None,
-            axis=1,
-        )
+        escape = "latex-math" if target == "latex" else None
+        header = (lambda h: _html_math(html.escape(str(h)))) if target == "html" else None
+        formats = {c: cell(c) for c in self.df.columns}
+        styler = self.df.style.hide(axis="index").format(formats, escape=escape, na_rep="–")
+        uuid = hashlib.sha1(repr(list(self.df.columns)).encode()).hexdigest()[:8]
+        return styler.set_uuid(uuid).format_index(header, escape=escape, axis=1)
 
     def _repr_latex_(self) -> str:
         align = "".join("l" if self._is_text(c) else "r" for c in self.df.columns)
-        latex = self._styler("latex").to_latex(
-            hrules=True,
-            column_format=align,
-            environment="table",
-            position="H",
-            position_float="centering",
-            caption=self.caption.replace("%", r"\%"),
+        latex = self._styler("latex").to_latex(hrules=True, column_format=align)
+        return (
+            "\\begin{center}\\begin{adjustbox}{max width=\\linewidth}\n"
+            + latex
+            + "\\end{adjustbox}\\end{center}"
         )
-        return latex.replace(
-            "\\begin{tabular}", "\\begin{adjustbox}{max width=\\linewidth}\n\\begin{tabular}"
-        ).replace("\\end{tabular}", "\\end{tabular}\n\\end{adjustbox}")
 
     def _repr_html_(self) -> str:
         styles = [
@@ -525,24 +721,19 @@ class Table:
             for i, c in enumerate(self.df.columns)
             if self._is_text(c)
         ]
-        return (
-            self._styler("html")
-            .set_caption(html.escape(self.caption))
-            .set_table_styles(styles)
-            .set_table_attributes('class="mlp-table"')
-            .to_html()
-        )
+        styler = self._styler("html").set_table_styles(styles)
+        return styler.set_table_attributes('class="mlp-table"').to_html()
 
     def __repr__(self) -> str:
-        return f"{self.caption}\n{self.df.to_string(index=False)}"
+        return self.df.to_string(index=False)
 
 
-# ---- notebook setup --------------------------------------------------------------------------------------
+# ---- notebook setup ------------------------------------------------------------------------------
 
 
 def setup_notebook(font_size: float = 10.0) -> None:
-    """Display settings for a task notebook, applied when called (never on import): vector figures
-    (SVG in HTML, PDF in the LaTeX report), readable fonts, tight bounding boxes."""
+    """Display settings for a task notebook, applied when called (never on import): vector
+    figures (SVG in HTML, PDF in the LaTeX report), readable fonts, tight bounding boxes."""
     import logging
 
     import matplotlib as mpl
@@ -563,19 +754,10 @@ def setup_notebook(font_size: float = 10.0) -> None:
             "mathtext.fontset": "dejavusans",
         }
     )
-    logging.getLogger("fontTools").setLevel(
-        logging.ERROR
-    )  # no font-subsetting chatter in the output
+    logging.getLogger("fontTools").setLevel(logging.ERROR)  # no font-subsetting chatter
 
 
-def show(text: str) -> None:
-    """Display Markdown: how a number computed from the runs enters the text."""
-    from IPython.display import Markdown, display
-
-    display(Markdown(text))
-
-
-# ---- analyses of networks ---------------------------------------------------------------------------------
+# ---- analyses of networks ------------------------------------------------------------------------
 
 
 def equal_width_for_budget(budget: int, n_hidden: int = 2) -> tuple[int, int]:
@@ -583,21 +765,24 @@ def equal_width_for_budget(budget: int, n_hidden: int = 2) -> tuple[int, int]:
     (ties go to the smaller h), and that count."""
     if budget <= 0 or n_hidden <= 0:
         raise ValueError(f"budget and n_hidden must be positive, got {budget} and {n_hidden}")
-    counts = {
-        h: mlp.count_parameters([h] * n_hidden + [mlp.NUM_CLASSES]) for h in range(1, budget + 1)
-    }
+    counts = {}
+    for h in range(1, budget + 1):
+        counts[h] = mlp.count_parameters([h] * n_hidden + [mlp.NUM_CLASSES])
+        if counts[h] > 2 * budget:
+            break
     best = min(counts, key=lambda h: (abs(counts[h] - budget), h))
     return best, counts[best]
 
 
-def initialisation_stats(config: mlp.RunConfig, X: np.ndarray, val: mlp.Split) -> dict[str, float]:
-    """The first hidden layer of the network train(config) starts from, on the inputs X: spread of the
-    pre-activations z, mean and spread of f(z), mean slope relative to f'(0), the share of saturated
-    units (slope below f'(0)/10, in %) and the validation loss before any update."""
+def initialisation_stats(config: mlp.RunConfig, X: np.ndarray, val: mlp.Split) -> dict:
+    """The first hidden layer of the network train(config) starts from, on the inputs X: spread
+    of the pre-activations z, mean and spread of f(z), mean slope relative to f'(0), the share of
+    saturated units (slope below f'(0)/10, in %) and the validation loss before any update."""
     model = mlp.initial_model(config)
     _, slope = mlp.ACTIVATIONS[config.activation]
     a = model.hidden_outputs(X)[0]
-    s, s0 = slope(a), slope_at_zero(config.activation)
+    s = slope(a)
+    s0 = slope_at_zero(config.activation)
     return {
         "std z": float((X @ model.weights[0]).std()),
         "mean f": float(a.mean()),
@@ -609,8 +794,8 @@ def initialisation_stats(config: mlp.RunConfig, X: np.ndarray, val: mlp.Split) -
 
 
 def mean_slope(config: mlp.RunConfig, X: np.ndarray) -> tuple[float, float]:
-    """The mean slope f'(z) over every hidden unit of the network train(config) starts from, on the
-    inputs X, and the slope f'(0) at the origin."""
+    """The mean slope f'(z) over every hidden unit of the network train(config) starts from, on
+    the inputs X, and the slope f'(0) at the origin."""
     model = mlp.initial_model(config.replace(dtype="float64"))
     _, slope = mlp.ACTIVATIONS[config.activation]
     slopes = [slope(a).mean() for a in model.hidden_outputs(X.astype(np.float64))]
@@ -630,17 +815,13 @@ def gradient_ratios(h: mlp.History, when: str) -> tuple[float, float]:
     return float(np.median(n[..., 0] / n[..., -1])), float(np.median(n[..., 1] / n[..., -2]))
 
 
-def signed(x: float, fmt: str = "+.2f") -> str:
-    """A signed number with a true minus sign: '+0.57', '−1.64'."""
-    return format(x, fmt).replace("-", "−")
-
-
 def first_step_below(h: mlp.History, loss: float) -> float:
     """The first validation step with a validation loss below `loss` (NaN if none)."""
     return next((float(s) for s, v in zip(h.val_steps, h.val_loss) if v < loss), math.nan)
 
 
 def val_jitter(h: mlp.History, skip: int) -> float:
-    """Mean absolute change of the validation loss between consecutive validations, after `skip`."""
+    """Mean absolute change of the validation loss between consecutive validations, after
+    `skip`."""
     v = np.asarray(h.val_loss[skip:])
     return float(np.abs(np.diff(v)).mean()) if len(v) > 1 else math.nan

@@ -14,6 +14,8 @@ import gzip
 import hashlib
 import math
 import os
+import stat
+import sys
 import tempfile
 import time
 import urllib.error
@@ -114,10 +116,15 @@ def parse_idx(
     return data.reshape(dims[0], -1) if ndim == 3 else data
 
 
-def read_idx_gz(path: str | os.PathLike, key: str) -> np.ndarray:
-    """Read and fully verify one of the four MNIST files (`key` as in MNIST_FILES)."""
-    spec, path = MNIST_FILES[key], Path(path)
-    size = (16 + spec.count * 784) if spec.magic == 2051 else (8 + spec.count)  # decompressed bytes
+def idx_size(key: str) -> int:
+    """The decompressed size in bytes of one of the four MNIST files."""
+    spec = MNIST_FILES[key]
+    return (16 + spec.count * 784) if spec.magic == 2051 else (8 + spec.count)
+
+
+def _open_regular(path: Path):
+    """Open `path` for reading if it is a regular file: a FIFO or a device in its place must not
+    block the reader forever, a folder is named as such."""
     if path.is_dir():
         raise MNISTDataError(
             f"{path}: a folder where the MNIST file should be. Remove or rename it."
@@ -128,8 +135,28 @@ def read_idx_gz(path: str | os.PathLike, key: str) -> np.ndarray:
             f"MNIST .gz files, run `make data`, or call load_mnist(download=True)."
         )
     try:
-        with gzip.open(path, "rb") as fh:
-            raw = fh.read(size + 1)  # never decompress more than an MNIST file holds
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, without a writer
+    except OSError as exc:
+        raise MNISTDataError(
+            f"{path}: cannot be read ({exc.strerror or exc}). Check its permissions."
+        ) from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise MNISTDataError(
+            f"{path}: not a regular file (a pipe or a device?). Replace it with the MNIST file."
+        )
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_idx_gz(path: str | os.PathLike, key: str) -> np.ndarray:
+    """Read and fully verify one of the four MNIST files (`key` as in MNIST_FILES)."""
+    spec = MNIST_FILES[key]
+    path = Path(path)
+    size = idx_size(key)
+    try:
+        with _open_regular(path) as fh, gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+            raw = gz.read(size + 1)  # never decompress more than an MNIST file holds
     except gzip.BadGzipFile as exc:
         raise MNISTDataError(f"{path}: not a gzip file ({exc}). {_REMEDY}") from exc
     except (EOFError, zlib.error) as exc:
@@ -145,12 +172,19 @@ def read_idx_gz(path: str | os.PathLike, key: str) -> np.ndarray:
             f"{path}: decompresses to more than the {size:,} bytes of this MNIST file. {_REMEDY}"
         )
     array = parse_idx(raw, magic=spec.magic, count=spec.count, name=str(path))
-    if (digest := hashlib.sha256(raw).hexdigest()) != spec.sha256:
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != spec.sha256:
         raise MNISTDataError(
             f"{path}: SHA-256 of the decompressed data is {digest}, expected {spec.sha256}; "
             f"the file is corrupted. {_REMEDY}"
         )
     return array
+
+
+def _download_limit(key: str) -> int:
+    """The most bytes a download of this file may take: its decompressed size (gzip never makes
+    MNIST bigger) plus room for headers. A mirror that sends more is stopped there."""
+    return idx_size(key) + (1 << 20)
 
 
 def download_mnist(
@@ -163,38 +197,58 @@ def download_mnist(
     force: bool = False,
 ) -> Path:
     """Download the missing MNIST files into `directory` (default: mnist_dir()) from `base_url`,
-    $MNIST_MIRROR or the public mirror. Each file goes to a temporary name and is renamed only after
-    it passes verification. `timeout` bounds each network read, `deadline` the whole download (s)."""
+    $MNIST_MIRROR or the public mirror. Each file goes to a temporary name and is renamed only
+    after it passes verification. `timeout` bounds each network read, `deadline` the whole
+    download (s); a file larger than an MNIST file can be is stopped at that size."""
     from tqdm.auto import tqdm
 
     directory = Path(directory) if directory is not None else mnist_dir()
     base_url = base_url or os.environ.get("MNIST_MIRROR") or MIRROR_URL
-    base_url += "" if base_url.endswith("/") else "/"
+    if not base_url.endswith("/"):
+        base_url += "/"
     end = time.monotonic() + deadline
     for key, spec in MNIST_FILES.items():
-        target, url = directory / spec.name, base_url + spec.name
+        target = directory / spec.name
+        url = base_url + spec.name
         if target.exists() and not force:
             continue
         directory.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=spec.name + ".", suffix=".part", dir=directory)
+        limit = _download_limit(key)
         try:
             with (
                 os.fdopen(fd, "wb") as out,
                 urllib.request.urlopen(url, timeout=timeout) as response,
-                tqdm(
-                    total=int(response.headers.get("Content-Length") or 0) or None,
+            ):
+                announced = int(response.headers.get("Content-Length") or 0)
+                if announced > limit:
+                    raise ValueError(
+                        f"the mirror announces {announced:,} bytes, more than "
+                        f"the {limit:,} an MNIST file can take"
+                    )
+                bar = tqdm(
+                    total=announced or None,
                     unit="B",
                     unit_scale=True,
                     desc=spec.name,
                     disable=not progress,
                     leave=False,
-                ) as bar,
-            ):
-                read = getattr(response, "read1", response.read)  # read1: whatever has arrived
-                while chunk := read(1 << 16):
-                    if time.monotonic() > end:
-                        raise TimeoutError(f"not finished within the deadline of {deadline:g} s")
-                    bar.update(out.write(chunk))
+                )
+                with bar:
+                    received = 0
+                    read = getattr(response, "read1", response.read)  # whatever has arrived
+                    while chunk := read(1 << 16):
+                        received += len(chunk)
+                        if received > limit:
+                            raise ValueError(
+                                f"the mirror sent more than the {limit:,} bytes an "
+                                f"MNIST file can take; stopped there"
+                            )
+                        if time.monotonic() > end:
+                            raise TimeoutError(
+                                f"not finished within the deadline of {deadline:g} s"
+                            )
+                        bar.update(out.write(chunk))
             read_idx_gz(tmp, key)
             os.chmod(tmp, 0o644)  # readable like a copied file (mkstemp makes it private)
             os.replace(tmp, target)
@@ -226,7 +280,10 @@ def _load_verified(directory: Path) -> MNIST:
                 raise
             try:  # never leave a damaged file in our own cache looking valid: move it aside
                 os.replace(path, path.with_name(path.name + ".corrupt"))
-                done = f"It was moved aside to {path.name}.corrupt; run again to download a fresh copy."
+                done = (
+                    f"It was moved aside to {path.name}.corrupt; run again to download a "
+                    f"fresh copy."
+                )
             except OSError as move:
                 done = f"It could not be moved aside ({move.strerror}); delete it and run again."
             raise MNISTDataError(str(exc).replace(_REMEDY, done)) from exc
@@ -254,3 +311,32 @@ def load_mnist(
     if missing:
         download_mnist(directory, base_url=base_url, progress=progress)
     return _load_verified(directory)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python mnist_files.py [FOLDER]` (what `make data` runs): fill and verify the MNIST files,
+    with one line of output, or one line naming the problem and what to do."""
+    args = sys.argv[1:] if argv is None else argv
+    folder = Path(args[0]) if args else None
+    try:
+        data = load_mnist(folder)
+    except MNISTDataError as exc:
+        print(f"MNIST: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nInterrupted: no MNIST file was left half-written.", file=sys.stderr)
+        return 130
+    where = Path(folder).resolve() if folder else mnist_dir()
+    print(
+        f"MNIST: the four files in {where} are complete and verified "
+        f"({len(data.train_labels):,} training and {len(data.test_labels):,} test images)."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # during the imports
+        print("\nInterrupted.", file=sys.stderr)
+        sys.exit(130)
