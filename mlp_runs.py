@@ -501,7 +501,7 @@ def _clock_text(seconds: float) -> str:
 class _RunProgress:
     max_steps: int
     work_per_step: float
-    early_stop_after: int  # validations without a new best that end the run (patience * interval)
+    early_stop_after: int  # steps without a new best that end the run (patience * interval)
     label: str
     family: mlp.RunConfig  # its configuration but for the seed and name: runs that stop alike
     state: str = "waiting"  # waiting | training | done
@@ -531,9 +531,10 @@ class SweepProgress:
     left is an upper bound and is shown as "at most"; once runs have finished, each unfinished run
     is expected to take the share of its epochs that finished runs of its network (other seeds)
     took, or else all finished runs, but never less than its patience still forces it to train, and
-    the time left is shown as "about". This reads best to a
-    student: an honest bound first, then an estimate that gets better as runs finish, instead of a
-    "?" or a bound that stays far too long for the whole sweep.
+    the time left is shown as "about". This reads best to a student: an honest bound first, then an
+    estimate that gets better as runs finish, instead of a "?" or a bound that stays far too long
+    for the whole sweep. The share done is of the work (steps weighted by the network's size and
+    its validations), and the time left allows for the last runs training alone.
 
     Shown (unless TQDM_DISABLE is set) as a widget in Jupyter, as a bar redrawn in place on a
     terminal, and as plain lines (one at the start, one every LINE_INTERVAL seconds, one at the end)
@@ -564,7 +565,9 @@ class SweepProgress:
             )
             for c in configs
         ]
-        self.desc, self.where, self.clock = desc, where, clock
+        self.desc = desc
+        self.where = where
+        self.clock = clock
         self.file = file if file is not None else sys.stderr
         self.start = clock()
         self._shown_at = -math.inf
@@ -772,12 +775,11 @@ def _train_in_pool(
     todo: list[mlp.RunConfig], n_jobs: int, progress: SweepProgress
 ) -> Iterator[mlp.History]:
     """Train every config in `n_jobs` local worker processes, yielding each History as it ends."""
-    context = multiprocessing.get_context(
-        "spawn"
-    )  # never fork a threaded parent (a Jupyter kernel)
-    steps = context.RawArray("q", 2 * len(todo))
+    # spawn: never fork a threaded parent (a Jupyter kernel)
+    context = multiprocessing.get_context("spawn")
+    reports = context.RawArray("q", 2 * len(todo))  # steps and best step of each run, shared
     pool = ProcessPoolExecutor(
-        n_jobs, mp_context=context, initializer=_worker_init, initargs=(steps,)
+        n_jobs, mp_context=context, initializer=_worker_init, initargs=(reports,)
     )
     try:
         waiting = list(enumerate(todo))
@@ -788,14 +790,14 @@ def _train_in_pool(
                 running[pool.submit(_train_in_worker, config, index)] = index
                 progress.started(index)
             for index in running.values():
-                if steps[2 * index] > 0:
-                    progress.reported(index, steps[2 * index], steps[2 * index + 1])
+                if reports[2 * index] > 0:
+                    progress.reported(index, reports[2 * index], reports[2 * index + 1])
             progress.tick()
             done, _ = wait(running, timeout=0.25, return_when=FIRST_COMPLETED)
             for future in done:
                 index = running.pop(future)
                 hist = future.result()  # a worker's exception, or BrokenProcessPool, ends the sweep
-                progress.reported(index, steps[2 * index], steps[2 * index + 1])  # its last report
+                progress.reported(index, reports[2 * index], reports[2 * index + 1])  # its last
                 progress.finished(index, hist)
                 yield hist
     except BaseException as exc:  # Ctrl-C or an error: end the workers now, not after their runs
