@@ -685,6 +685,12 @@ class SideBySide:
     new: list[Timing]
     old_run: object  # the earlier mlp_core's History
     new_run: mlp.History
+    floors: list[floor_mod.Floor]  # measured in every repeat, between the two epochs
+
+    def times_floor(self, which: str) -> float:
+        """Median over the repeats of the epoch of `which` ("old", "new") / the repeat's floor."""
+        timings = self.old if which == "old" else self.new
+        return statistics.median(t.epoch / f.total for t, f in zip(timings, self.floors))
 
     def ratio(self, attr: str = "epoch") -> float:
         """today / earlier, of the medians of a Timing field."""
@@ -718,13 +724,16 @@ def side_by_side(
     cores = {"old": (old, core_config(old, config)), "new": (mlp, config)}
     for core, c in cores.values():
         time_mlp_core(c, data, 1, core)
-    timings, runs = {"old": [], "new": []}, {}
+    problem = floor_mod.FloorProblem(config, data, mlp)
+    timings, runs, floors = {"old": [], "new": []}, {}, []
     for r in range(repeats):
-        for which in ("old", "new") if r % 2 == 0 else ("new", "old"):
+        for i, which in enumerate(("old", "new") if r % 2 == 0 else ("new", "old")):
+            if i == 1:
+                floors.append(problem.measure())
             core, c = cores[which]
             timing, runs[which] = time_mlp_core(c, data, 1, core)
             timings[which].append(timing)
-    return SideBySide(timings["old"], timings["new"], runs["old"], runs["new"])
+    return SideBySide(timings["old"], timings["new"], runs["old"], runs["new"], floors)
 
 
 def compare_with(args) -> None:
@@ -765,7 +774,7 @@ def side_by_side_table(results: dict[str, SideBySide], ref: str) -> str:
     ratio = f"today/{ref}"
     header = (
         f"{'network':<10} {ref + ' ms':>11} {'today ms':>9} {ratio:>14} {'per repeat':>11} "
-        f"{'steps':>6} {'validations':>11}  training"
+        f"{'steps':>6} {'validations':>11} {ref + ' × floor':>15} {'today × floor':>13}  training"
     )
     lines = [
         f"One protocol epoch of train(), today's mlp_core against {ref}'s:",
@@ -778,16 +787,18 @@ def side_by_side_table(results: dict[str, SideBySide], ref: str) -> str:
             f"{name:<10} {statistics.median(t.epoch for t in r.old) * 1e3:11.1f} "
             f"{statistics.median(t.epoch for t in r.new) * 1e3:9.1f} {r.ratio():14.3f} "
             f"{f'{min(paired):.2f}-{max(paired):.2f}':>11} {r.ratio('step'):6.3f} "
-            f"{r.ratio('eval_pass'):11.3f}  {r.training()}"
+            f"{r.ratio('eval_pass'):11.3f} {r.times_floor('old'):14.2f}× "
+            f"{r.times_floor('new'):12.2f}×  {r.training()}"
         )
     lines.append(
         f"({ratio}: of the median times of the epoch, of a training step, of a validation pass; "
         f"per repeat: the lowest and highest"
     )
     lines.append(
-        " of the epochs' ratios. training bit-identical: the same batch losses and weights after "
-        "the epoch)"
+        " of the epochs' ratios. × floor: each epoch / the floor (see bench/floor.py) measured "
+        "between the two epochs of its repeat, median over the repeats."
     )
+    lines.append(" training bit-identical: the same batch losses and weights after the epoch)")
     return "\n".join(lines)
 
 
