@@ -31,9 +31,11 @@ endif
 # Yes/no settings reach the build as MLP_* variables, and the build checks them with the one parser
 # of the project (1, true, yes, on / 0, false, no, off; anything else is an error naming it).
 REPORT_ENV := $(if $(STRICT),MLP_STRICT="$(STRICT)") $(if $(FRESH),MLP_FRESH="$(FRESH)") $(if $(VERBOSE),MLP_VERBOSE="$(VERBOSE)")
-# Kernels of closed or reloaded explorer pages are shut down after 10 idle minutes, so reloads cannot
-# pile them up (Voila's own shutdown on unload fails: voila-dashboards/voila#1458); open pages keep theirs.
-VOILA_CULL := --MappingKernelManager.cull_idle_timeout=600 --MappingKernelManager.cull_interval=60
+# The explorer's Voila server: explorer/serve.py holds its settings, each with its reason (trusted
+# notebook, kernels over IPC, no CDN, kernel shut down when its page closes, 30 s idle cull as a
+# fallback); EXPLORE_PORT picks the port, VOILA_OPTIONS adds Voila options (e.g. --debug).
+EXPLORE_PORT ?= 8866
+VOILA_OPTIONS ?=
 
 .PHONY: report test smoke-report venv data system-deps explore lab bench clean
 
@@ -71,7 +73,7 @@ data: venv
 	@$(PY) mnist_files.py $(MNIST_CACHE)
 
 explore: venv data  ## the interactive explorer in Voila (http://127.0.0.1:8866)
-	$(VENV)/bin/voila notebooks/explorer.ipynb --no-browser --port=8866 --Voila.ip=127.0.0.1 $(VOILA_CULL)
+	$(PY) explorer/serve.py --port=$(EXPLORE_PORT) $(VOILA_OPTIONS)
 
 lab: venv data  ## JupyterLab on the notebooks (also as root)
 	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --allow-root notebooks

@@ -1,14 +1,24 @@
 """The interactive explorer without a browser: its widgets are driven from Python (no kernel is
-needed; ipywidgets then uses a dummy comm) and the training thread is awaited with Explorer.wait."""
+needed; ipywidgets then uses a dummy comm) and the training thread is awaited with Explorer.wait.
+Also the explorer's Voilà launcher (explorer/serve.py) and `make explore`, as far as they can be
+checked without a server; tests/test_explorer_browser.py runs the server."""
 
 import html
+import inspect
+import json
 import math
+import re
+import subprocess
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 
 import mlp_core
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -34,7 +44,18 @@ def ui():
     explorer = mlp_explorer.Explorer()
     yield explorer
     explorer.stop()
-    assert explorer.wait(30), "the training thread did not end"
+    assert explorer.wait(60), "the training thread did not end"
+
+
+@pytest.fixture(scope="module")
+def speed():
+    """The explorer's speed model, calibrated on this machine."""
+    import mlp_explorer
+
+    mlp_explorer.Explorer()  # starts the calibration, once per process
+    assert mlp_explorer.SPEED.ready.wait(60), "the speed calibration did not end within 60 s"
+    assert mlp_explorer.SPEED.epoch_seconds(mlp_explorer.DEFAULTS) is not None
+    return mlp_explorer.SPEED
 
 
 def settings(ui, **values):
@@ -44,14 +65,18 @@ def settings(ui, **values):
         control.value = value if name in ("activation", "init") else str(value)
 
 
-def quick(ui, *, n_train=300, epochs=1, hidden="16", **more):
-    settings(ui, hidden=hidden, n_train=n_train, n_val=500, epochs=epochs, batch_size=32, **more)
+def quick(ui, *, n_train=300, n_val=500, epochs=1, hidden="16", **more):
+    settings(ui, hidden=hidden, n_train=n_train, n_val=n_val, epochs=epochs, batch_size=32, **more)
 
 
 def train(ui, timeout=60):
-    assert ui.train(), ui.config_info.value
+    assert ui.train(), ui.problems()
     assert ui.wait(timeout)
     return ui.histories[-1]
+
+
+def shown(message_widget) -> bool:
+    return message_widget.layout.display != "none" and "⚠" in message_widget.value
 
 
 def test_parse_hidden_layers():
@@ -75,9 +100,24 @@ def test_parse_hidden_layers():
             parse_hidden_layers(bad)
 
 
+def test_first_display_needs_neither_matplotlib_nor_pandas():
+    """The page shows its controls before matplotlib and pandas are imported (about 1.5 s of the
+    first page load): a fresh interpreter builds the explorer without loading either."""
+    code = (
+        "import sys, mlp_explorer\n"
+        "ui = mlp_explorer.Explorer()\n"
+        "loaded = [m for m in ('matplotlib', 'pandas', 'scipy', 'mlp_plots') if m in sys.modules]\n"
+        "print(loaded, ui.placeholder.layout.display, ui.plot.layout.display)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[] None none", result.stdout + result.stderr
+
+
 def test_train_adds_a_run_and_redraws(ui):
     quick(ui)
-    empty_plot = bytes(ui.plot.value)
+    assert ui.plot.layout.display == "none" and ui.placeholder.layout.display is None
     assert not ui.train_button.disabled
     ui.train_button.click()
     assert ui.running and ui.train_button.disabled and not ui.stop_button.disabled
@@ -86,12 +126,13 @@ def test_train_adds_a_run_and_redraws(ui):
     df = ui.results()
     assert len(df) == 1 and df.loc[0, "run"] == "#1"
     assert df.loc[0, "train n"] == 300 and df.loc[0, "val n"] == 500 and df.loc[0, "hidden"] == "16"
-    for col in ("train loss", "val loss", "train acc (%)", "val acc (%)"):
+    for col in ("train loss", "val loss", "train acc (%)", "val acc (%)", "best val loss"):
         assert math.isfinite(df.loc[0, col]), col
     assert df.loc[0, "stopped by"] == "last epoch"
     hist = ui.histories[0]
     assert hist.config.layer_sizes == (16, 10) and hist.steps == 300 // 32
-    assert bytes(ui.plot.value) != bytes(empty_plot) and bytes(ui.plot.value).startswith(b"\x89PNG")
+    assert bytes(ui.plot.value).startswith(b"\x89PNG")
+    assert ui.plot.layout.display is None and ui.placeholder.layout.display == "none"
     assert ui.runs.value == (1,)  # the new run is shown
     assert "<table" in ui.table.value and "#1" in ui.table.value and "last epoch" in ui.table.value
     assert ui.progress.value == hist.steps and ui.progress.bar_style == "success"
@@ -99,109 +140,212 @@ def test_train_adds_a_run_and_redraws(ui):
     assert not ui.train_button.disabled and ui.stop_button.disabled
 
 
-@pytest.mark.parametrize("text", ["64,,a", "0", "", "64, x"])
+def test_every_limit_is_stated_beside_its_box_and_defined_once(ui):
+    from mlp_explorer import FIELDS
+
+    assert len({f.name for f in FIELDS}) == len({f.css for f in FIELDS}) == len(FIELDS)
+    for field in FIELDS:
+        box = ui.boxes[field.name]
+        assert box is getattr(ui, field.attr) and field.css in box._dom_classes
+        assert box.description == field.label and field.hint == box.placeholder
+        assert field.range_words() in box.tooltip  # the limits, in words, in the tooltip
+        if field.most is not None:
+            assert field.why_most, f"{field.name}: an upper bound without its reason"
+    hints = {f.name: f.hint for f in FIELDS}
+    assert hints["max_epochs"] == "1 to 200" and hints["learning_rate"] == "> 0, ≤ 10"
+    assert hints["momentum"] == "≥ 0, < 1" and hints["n_train"] == "1 to 60,000"
+    assert hints["layer_sizes"] == "≤ 8 × 2,048" and hints["batch_size"] == "≤ training subset"
+
+
+def test_every_invalid_box_is_marked_at_once_with_its_own_message(ui):
+    settings(ui, momentum=1, epochs=0)
+    problems = ui.problems()
+    assert set(problems) == {"momentum", "max_epochs"}
+    for name, box in (("momentum", ui.momentum), ("max_epochs", ui.epochs)):
+        assert "mlp-invalid" in box._dom_classes and shown(ui.messages[name])
+        assert html.escape(problems[name]) in ui.messages[name].value
+    assert "epochs must be at least 1, got 0" in problems["max_epochs"]
+    assert "momentum γ must be less than 1, got 1" in problems["momentum"]
+    assert "Fix the 2 settings marked in red" in ui.config_info.value
+    assert ui.train_button.disabled and ui.train() is False and not ui.running
+    settings(ui, epochs=10)  # one fixed: the other stays marked, Train stays disabled
+    assert not shown(ui.messages["max_epochs"]) and "mlp-invalid" not in ui.epochs._dom_classes
+    assert shown(ui.messages["momentum"]) and ui.train_button.disabled
+    assert "Fix the setting marked in red" in ui.config_info.value
+    settings(ui, momentum=0.9)
+    assert not any(shown(m) for m in ui.messages.values()) and not ui.train_button.disabled
+    assert "⚠" not in ui.config_info.value
+
+
+def test_six_problems_at_once_each_under_its_box(ui):
+    settings(ui, hidden="64,,a", learning_rate=50, momentum=2, epochs="ten", n_val="lots")
+    settings(ui, n_train=70000)
+    assert set(ui.problems()) == {
+        "layer_sizes",
+        "learning_rate",
+        "momentum",
+        "max_epochs",
+        "n_train",
+        "n_val",
+    }
+    assert sum(shown(m) for m in ui.messages.values()) == 6
+    assert ui.config_info.value.count("⚠") == 1 and "Fix the 6 settings" in ui.config_info.value
+
+
+def test_train_is_disabled_before_any_message_appears(ui):
+    """The page processes the button's and each message's updates separately, in the order the
+    kernel sends them: Train must never be enabled while a message shows (the race the browser
+    test once hit), so it is disabled first and enabled only after the last message is gone."""
+    events = []
+    ui.train_button.observe(lambda c: events.append(("disabled", c["new"])), names="disabled")
+    for name, message in ui.messages.items():
+        message.observe(lambda c, name=name: events.append((name, bool(c["new"]))), names="value")
+    settings(ui, epochs=0)
+    settings(ui, epochs=10)
+    assert events == [
+        ("disabled", True),
+        ("max_epochs", True),
+        ("max_epochs", False),
+        ("disabled", False),
+    ], events
+
+
+@pytest.mark.parametrize("text", ["64,,a", "0", "", "64, x", "4096", "8, 8, 8, 8, 8, 8, 8, 8, 8"])
 def test_bad_hidden_layers_show_an_inline_error_and_start_nothing(ui, text):
     status = ui.status.value
     ui.hidden.value = text
-    assert "⚠" in ui.config_info.value and "mlp-invalid" in ui.hidden._dom_classes
+    assert shown(ui.messages["layer_sizes"]) and "mlp-invalid" in ui.hidden._dom_classes
     assert ui.train_button.disabled
     ui.train_button.click()  # a disabled button's handlers still run when clicked from Python
     assert not ui.running and ui.histories == [] and ui.status.value == status
     with pytest.raises(ValueError):
         ui.config()
     ui.hidden.value = "60, 60"
-    assert "⚠" not in ui.config_info.value and "mlp-invalid" not in ui.hidden._dom_classes
+    assert not shown(ui.messages["layer_sizes"]) and "mlp-invalid" not in ui.hidden._dom_classes
     assert not ui.train_button.disabled
     assert ui.config().layer_sizes == (60, 60, 10)
 
 
-def test_invalid_combination_uses_runconfig_message(ui):
+def test_batch_size_is_checked_against_the_training_subset(ui):
     settings(ui, n_train=500, batch_size=600)
-    assert "batch size (600) must not exceed training subset (500)" in ui.config_info.value
-    assert "mlp-invalid" in ui.batch_size._dom_classes
-    assert ui.train_button.disabled
-    assert ui.train() is False and not ui.running
-    settings(ui, batch_size=50)
-    assert "⚠" not in ui.config_info.value and not ui.train_button.disabled
+    assert ui.problems() == {
+        "batch_size": "batch size must be at most the training subset (500), got 600: every "
+        "step takes this many images of the training subset"
+    }
+    assert "mlp-invalid" in ui.batch_size._dom_classes and ui.train_button.disabled
+    settings(ui, n_train=1000)  # fixed by the other box
+    assert ui.problems() == {} and not ui.train_button.disabled
 
 
 @pytest.mark.parametrize(
     "control, typed, message",
     [
-        ("epochs", "0", "epochs must be an integer ≥ 1, got 0"),
-        ("epochs", "-5", "epochs must be an integer ≥ 1, got -5"),
-        ("epochs", "2.5", "epochs must be a whole number, got '2.5'"),
-        ("epochs", "", "enter the epochs"),
-        ("learning_rate", "0", "learning rate α must be a finite number > 0, got 0.0"),
-        ("learning_rate", "-1", "learning rate α must be a finite number > 0, got -1.0"),
+        ("epochs", "0", "epochs must be at least 1, got 0"),
+        ("epochs", "-5", "epochs must be at least 1, got -5"),
+        ("epochs", "201", "epochs must be at most 200, got 201: the protocol trains at most 50"),
+        ("epochs", "2.5", "epochs must be a whole number from 1 to 200, got '2.5'"),
+        ("epochs", "", "enter the epochs: a whole number from 1 to 200"),
+        ("learning_rate", "0", "learning rate α must be greater than 0, got 0"),
+        ("learning_rate", "-1", "learning rate α must be greater than 0, got -1"),
+        (
+            "learning_rate",
+            "50",
+            "learning rate α must be at most 10, got 50: larger steps overshoot",
+        ),
         (
             "learning_rate",
             "fast",
-            "learning rate α must be a number such as 0.1 or 1e-3, got 'fast'",
+            "learning rate α must be a number such as 0.1 or 1e-3 (above 0 and at most 10), "
+            "got 'fast'",
         ),
-        ("learning_rate", "inf", "learning rate α must be a finite number > 0, got inf"),
-        ("momentum", "1.5", "momentum γ must be in [0, 1), got 1.5"),
-        ("momentum", "1", "momentum γ must be in [0, 1), got 1.0"),
+        ("learning_rate", "inf", "learning rate α must be a finite number above 0 and at most 10"),
+        ("momentum", "1.5", "momentum γ must be less than 1, got 1.5: at γ = 1 past steps"),
+        ("momentum", "1", "momentum γ must be less than 1, got 1"),
+        ("momentum", "-0.1", "momentum γ must be at least 0, got -0.1"),
         (
             "n_train",
             "70000",
-            "training subset must be at most 60,000 (the MNIST training images), got 70,000",
+            "training subset must be at most 60,000, got 70,000: MNIST has 60,000 training images",
         ),
         (
             "n_val",
             "10001",
-            "validation subset must be at most 10,000 (the MNIST test images), got 10,001",
+            "validation subset must be at most 10,000, got 10,001: the validation images are "
+            "MNIST's 10,000 test images",
         ),
-        ("n_val", "0", "validation subset must be an integer ≥ 1, got 0"),
-        ("patience", "0", "patience must be an integer ≥ 1, got 0"),
-        ("seed", "-1", "seed must be an integer ≥ 0, got -1"),
+        ("n_val", "0", "validation subset must be at least 1, got 0"),
+        ("patience", "0", "patience must be at least 1, got 0"),
+        ("seed", "-1", "seed must be at least 0, got -1"),
     ],
 )
 def test_out_of_range_values_are_explained_not_clamped(ui, control, typed, message):
     box = getattr(ui, control)
+    name = next(name for name, b in ui.boxes.items() if b is box)
     before = box.value
     box.value = typed
     assert box.value == typed  # nothing is changed behind the user's back
-    assert html.escape(message) in ui.config_info.value, ui.config_info.value
+    assert ui.problems()[name].startswith(message), ui.problems()
+    assert html.escape(message) in ui.messages[name].value
     assert "mlp-invalid" in box._dom_classes
     assert ui.train_button.disabled and ui.train() is False and not ui.running
     with pytest.raises(ValueError, match="must|enter"):
         ui.config()
     box.value = before
-    assert "⚠" not in ui.config_info.value and "mlp-invalid" not in box._dom_classes
+    assert not shown(ui.messages[name]) and "mlp-invalid" not in box._dom_classes
     assert not ui.train_button.disabled
 
 
-def test_values_beyond_the_old_limits_are_accepted(ui):
-    settings(ui, epochs=1000, learning_rate=50, n_train="20,000", seed=2**40)
+def test_values_at_the_limits_are_accepted(ui):
+    settings(ui, epochs=200, learning_rate=10, n_train="60,000", n_val=10000, seed=2**40)
+    settings(ui, hidden=", ".join(["2048"] * 8), momentum=0.999, batch_size=60000)
     config = ui.config()
     assert (config.max_epochs, config.learning_rate, config.n_train, config.seed) == (
-        1000,
-        50.0,
-        20_000,
+        200,
+        10.0,
+        60_000,
         2**40,
     )
-    assert not ui.train_button.disabled and "⚠" not in ui.config_info.value
+    assert config.layer_sizes == (2048,) * 8 + (10,) and config.batch_size == 60_000
+    assert not ui.train_button.disabled and ui.problems() == {}
 
 
-def test_problems_are_explained_until_none_is_left(ui):
-    settings(ui, epochs="ten", n_val="lots", momentum=2)
-    text = ui.config_info.value
+def test_time_limits_say_how_long_a_run_would_take_here(ui, speed):
+    from mlp_explorer import LARGEST, _duration
+
+    ui._check()  # as when the calibration ends
+    config = ui.config()
+    assert f"about {_duration(speed.epoch_seconds(config))} per epoch here" in ui.config_info.value
+    total = speed.run_seconds(config.replace(max_epochs=200))
+    settings(ui, epochs=1000)
     assert (
-        "epochs must be a whole number" in text
-        and "validation subset must be a whole number" in text
+        f"200 epochs of these settings would take about {_duration(total)} here"
+        in ui.problems()["max_epochs"]
     )
-    assert text.count("⚠") == 2  # every box that does not hold a number; then RunConfig's checks
-    settings(ui, epochs=10, n_val=500)
+    settings(ui, epochs=10, hidden="4096")
+    largest = _duration(speed.epoch_seconds(LARGEST))
     assert (
-        "momentum γ must be in [0, 1), got 2.0" in ui.config_info.value and ui.train_button.disabled
+        f"8 layers of 2,048 (31 million weights) already take about {largest} an epoch on all "
+        "60,000 training images here" in ui.problems()["layer_sizes"]
     )
-    settings(ui, momentum=0.9)
-    assert "⚠" not in ui.config_info.value and not ui.train_button.disabled
+
+
+def test_speed_estimates_follow_measured_runs(ui, speed):
+    """The calibrated estimate of an epoch is of the right size (a generous factor of 4: the
+    machine is shared), and a finished run moves the estimates towards its measured speed."""
+    ui.redraw_interval = math.inf  # no live redraws: their time is not the network's
+    quick(ui, hidden="128", n_train=5000, n_val=2000, epochs=2)
+    estimated = speed.epoch_seconds(ui.config())
+    hist = train(ui)
+    measured = sum(hist.epoch_times) / len(hist.epoch_times)
+    print(f"epoch of [128] on 5,000 images: estimated {estimated:.3f} s, measured {measured:.3f} s")
+    assert measured / 4 < estimated < measured * 4
+    corrected = speed.epoch_seconds(hist.config)
+    assert abs(corrected - measured) < abs(estimated - measured) or estimated == measured
 
 
 def test_dropdown_labels_fit_their_boxes(ui):
-    """No "improved sigmoid 1.7159 tanh(2…" cut off (the browser test measures the rendered text)."""
+    """No "improved sigmoid 1.7159 tanh(2…" cut off (the browser test measures the rendered
+    text)."""
     for dropdown in (ui.activation, ui.init):
         longest = max(len(label) for label, _ in dropdown.options)
         box = int(dropdown.layout.width.rstrip("px")) - int(
@@ -240,9 +384,7 @@ def test_legend_labels_distinguish_activation_and_initialisation(ui):
     ]
     ui.runs.value = (2,)
     legend = [t.get_text() for t in ui.figure().legends[0].get_texts()]
-    assert (
-        legend[0] == "#2 [16] improved sigmoid, fan-in init, lr 0.1, γ 0, batch 32"
-    )  # one run: in full
+    assert legend[0] == "#2 [16] improved sigmoid, fan-in init, lr 0.1, γ 0, batch 32"  # in full
 
 
 def test_numbers_axes_and_stop_reasons_agree(ui):
@@ -276,6 +418,21 @@ def test_numbers_axes_and_stop_reasons_agree(ui):
     assert ui.figure().axes[1].get_ylabel() == "accuracy (%)"
 
 
+def test_the_table_says_what_final_and_lowest_val_loss_are(ui):
+    """ "lowest val loss" 0.7522 above "val loss" 0.7518 in one row is explained where it shows."""
+    quick(ui)
+    train(ui)
+    table = ui.table.value
+    headers = re.findall(r"<th[^>]*>([^<]*)</th>", table)
+    groups = re.findall(r"<th colspan='\d+' class='mlp-group'>([^<]*)</th>", table)
+    assert groups == ["", "network", "training", "data", "final weights", "validations", "run"]
+    assert {"val loss", "lowest val loss", "at step", "s / epoch"} <= set(headers)
+    assert "evaluated once when the run ends, after its last step" in table
+    assert "the final validation loss can sit a little above or below the lowest one" in table
+    val_loss_header = re.search(r"<th title='([^']*)'>val loss</th>", table).group(1)
+    assert "after its last step" in html.unescape(val_loss_header)
+
+
 def test_early_stopping_is_named_in_words(ui):
     quick(ui, n_train=320, epochs=50, patience=1, learning_rate=0.5)
     hist = train(ui)
@@ -285,7 +442,7 @@ def test_early_stopping_is_named_in_words(ui):
 
 
 @pytest.mark.parametrize(
-    "lr, momentum, activation", [(3.16, 0.9, "improved_sigmoid"), (1e6, 0, "sigmoid")]
+    "lr, momentum, activation", [(3.16, 0.9, "improved_sigmoid"), (10, 0, "improved_sigmoid")]
 )
 def test_a_diverged_run_is_shown_as_a_failure(ui, lr, momentum, activation):
     quick(
@@ -300,9 +457,8 @@ def test_a_diverged_run_is_shown_as_a_failure(ui, lr, momentum, activation):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         hist = train(ui)
-    assert not [
-        w for w in caught if issubclass(w.category, RuntimeWarning)
-    ]  # shown on the page instead
+    runtime_warnings = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert not runtime_warnings  # shown on the page instead
     assert hist.stop_reason == "diverged" and hist.message
     assert ui.progress.bar_style == "danger"  # never the green bar
     assert "⚠" in ui.status.value and "diverged" in ui.status.value
@@ -314,20 +470,59 @@ def test_a_diverged_run_is_shown_as_a_failure(ui, lr, momentum, activation):
 
 
 def test_stop_ends_a_run_early_and_keeps_its_history(ui):
-    quick(ui, n_train=2000, epochs=300)
+    quick(ui, n_train=2000, epochs=200)
     ui.train_button.click()
     deadline = time.monotonic() + 20
     while ui.progress.value == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert ui.progress.value > 0, "no validation within 20 s"
     ui.stop_button.click()
+    assert "stopping…" in ui.status.value and ui.stop_button.disabled  # at once
     assert ui.wait(20)
     hist = ui.histories[-1]
     assert hist.stop_reason == "stopped"
-    assert 0 < hist.steps < 300 * (2000 // 32) and hist.val_steps
-    assert math.isfinite(hist.final["val_loss"])
+    assert 0 < hist.steps < 200 * (2000 // 32) and hist.val_steps
     assert ui.results().loc[0, "stopped by"] == "stopped by you"
-    assert ui.progress.bar_style == "warning" and "stopped by you" in ui.status.value
+    assert ui.progress.bar_style == "warning" and "was stopped by you" in ui.status.value
+    if math.isfinite(hist.final["val_loss"]):  # the core evaluates the final weights
+        assert f"validation loss {hist.final['val_loss']:.4f}" in ui.status.value
+    else:  # the core skips the final evaluation of a stopped run: its last validation is shown
+        assert f"at its last validation (step {hist.val_steps[-1]:,})" in ui.status.value
+
+
+CORE_STOPS_INSIDE_EVALUATIONS = "should_stop" in inspect.signature(mlp_core.evaluate).parameters
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    not CORE_STOPS_INSIDE_EVALUATIONS,
+    reason="mlp_core.train looks at should_stop only between steps: a stop waits for the "
+    "validation in progress (minutes on this network); needs should_stop between evaluation "
+    "chunks (issue 13, point 6)",
+    run=False,
+)
+def test_stop_on_the_largest_network_takes_about_a_second(ui):
+    """Stop during the first validation of 8 × 2,048 on all 60,000 images (a validation takes
+    minutes here): the run ends within a few seconds. The bound is generous (the machine is
+    shared); the measured time is printed."""
+    settings(ui, hidden=", ".join(["2048"] * 8), n_train=60000, n_val=10000, epochs=1)
+    assert ui.problems() == {}
+    ui.train_button.click()
+    deadline = time.monotonic() + 120
+    while "training…" not in ui.status.value and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "training…" in ui.status.value, f"not training after 120 s: {ui.status.value}"
+    time.sleep(2)  # step 0 takes a fraction of a second: now inside the first validation
+    assert ui.running and ui.progress.value == 0, "the first validation already ended"
+    started = time.perf_counter()
+    ui.stop_button.click()
+    assert "stopping…" in ui.status.value  # the page says so at once
+    assert ui.wait(30), "the run did not stop within 30 s"
+    latency = time.perf_counter() - started
+    print(f"stop latency on 8 x 2048, 60,000 images: {latency:.2f} s")
+    assert latency < 10
+    assert ui.histories[-1].stop_reason == "stopped"
+    assert "was stopped by you" in ui.status.value
 
 
 def test_selection_overlays_runs_and_clear_resets_everything(ui):
@@ -349,13 +544,13 @@ def test_selection_overlays_runs_and_clear_resets_everything(ui):
     # no message or green bar of a forgotten run under the empty plot
     assert ui.status.value == empty.status.value and "#2" not in ui.status.value
     assert ui.progress.value == 0 and ui.progress.bar_style == ""
-    assert bytes(ui.plot.value) == bytes(empty.plot.value)
+    assert ui.plot.layout.display == "none" and ui.placeholder.layout.display is None
     train(ui)
     assert list(ui.results()["run"]) == ["#1"]  # numbering starts again
 
 
 def test_clear_during_a_run_keeps_the_run_going(ui):
-    quick(ui, n_train=2000, epochs=300)
+    quick(ui, n_train=2000, epochs=200)
     assert ui.train()
     ui.clear()
     assert ui.running and "Run #1" in ui.status.value
@@ -379,13 +574,9 @@ def test_a_failing_run_is_reported_inline(ui, monkeypatch):
 
 
 def test_notebook_is_clean_and_short():
-    """Saved as JupyterLab writes it, without outputs; the introduction leaves room for the controls."""
-    import json
-    from pathlib import Path
-
-    nb = json.loads(
-        (Path(__file__).resolve().parents[1] / "notebooks" / "explorer.ipynb").read_text("utf-8")
-    )
+    """Saved as JupyterLab writes it, without outputs; the introduction leaves room for the
+    controls."""
+    nb = json.loads((REPO / "notebooks" / "explorer.ipynb").read_text("utf-8"))
     assert nb["metadata"] == {
         "kernelspec": {
             "display_name": "Python 3 (ipykernel)",
@@ -399,5 +590,33 @@ def test_notebook_is_clean_and_short():
     intro = "".join(nb["cells"][0]["source"])
     visible = intro.split("<details>")[0]
     assert "<details>" in intro and "</details>" in intro and len(visible) < 400
-    for stale in ("results_table", "mlp_core.plot_loss", "describe"):
+    for stale in ("results_table", "mlp_core.plot_loss", "describe", "at its next validation"):
         assert stale not in intro
+
+
+def test_voila_server_settings():
+    """explorer/serve.py: every setting that keeps the terminal quiet, the page local and the
+    kernels few (the browser test checks what they do)."""
+    sys.path.insert(0, str(REPO / "explorer"))
+    try:
+        import serve
+    finally:
+        sys.path.pop(0)
+    config = serve.config()
+    assert config.KernelManager.transport == "ipc"
+    assert config.Voila.tornado_settings == {"ws_ping_interval": 0}
+    assert config.Voila.ip == "127.0.0.1"
+    assert config.VoilaConfiguration.prelaunch_hook is serve.create_xsrf_cookie
+    cull = config.MappingKernelManager
+    assert cull.cull_idle_timeout + cull.cull_interval <= 60  # a lost page's kernel within a minute
+    assert "cull_connected" not in cull  # open pages keep their kernels
+    template = serve.TEMPLATES / "voila" / "templates" / config.VoilaConfiguration.template
+    assert json.loads((template / "conf.json").read_text()) == {"base_template": "lab"}
+    assert "cdn" in (template / "index.html.j2").read_text()  # it drops the CDN links
+
+
+def test_make_explore_runs_the_launcher():
+    """`make explore` starts the server the browser tests start: explorer/serve.py."""
+    recipe = re.search(r"^explore:.*\n((?:\t.*\n)+)", (REPO / "Makefile").read_text(), re.M)
+    assert recipe, "no explore target in the Makefile"
+    assert "explorer/serve.py" in recipe.group(1) and "voila " not in recipe.group(1)
