@@ -279,9 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--pattern", default="task*.ipynb", help="which notebooks (glob in notebooks/)"
-    )
+    parser.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of the notebooks")
+    parser.add_argument("--pattern", default="task*.ipynb", help="which notebooks (a glob)")
     parser.add_argument("--out", default=str(REPORT), help="folder for report.pdf and report.html")
     parser.add_argument("--jobs", type=int, default=4, help="notebooks executed at a time")
     args = parser.parse_args(argv)
@@ -298,9 +297,9 @@ def main(argv: list[str] | None = None) -> int:
 
     config = settings()
     _environment()
-    paths = sorted(NOTEBOOKS.glob(args.pattern))
+    paths = sorted(Path(args.notebooks).glob(args.pattern))
     if not paths:
-        raise BuildError(f"no notebooks match {NOTEBOOKS / args.pattern}")
+        raise BuildError(f"no notebooks match {Path(args.notebooks) / args.pattern}")
     out = Path(args.out)
     build = build_folder(config["smoke"], config["seeds"])
     t_start = time.perf_counter()

@@ -150,6 +150,13 @@ def _report_client_class():
                         f"{self.name}.ipynb, cell {cell_index + 1} (Markdown): the inline "
                         f"expression {{eval}}`{expression}` failed: {error}"
                     )
+                shown = result.get("data", {}).get("text/plain", "")
+                if re.match(r"^np\.\w+\(", shown):
+                    raise NotebookFailed(
+                        f"{self.name}.ipynb, cell {cell_index + 1} (Markdown): "
+                        f"{{eval}}`{expression}` is a numpy number and would read {shown}: "
+                        f"format it with num(), pct(), steps() or sci() of mlp_report"
+                    )
                 stored.append({"expression": expression, "result": result})
             cell.metadata["user_expressions"] = stored
 

@@ -52,6 +52,7 @@ class ReportError(RuntimeError):
 
 # ---- inline values ------------------------------------------------------------------------------
 
+
 def _value_markdown(text: str) -> str:
     """An expression's plain-text value as Markdown: Markdown characters escaped, powers of ten
     (1.45 × 10⁻⁸, from mlp_report.sci) set as math."""

@@ -1,0 +1,308 @@
+"""The report build's mechanics, on tiny notebooks of their own (seconds each, no training):
+inline expressions, the answers page, checked references, the PDF and HTML replaced together,
+nothing written when nothing changed, short private runtime files, builds with different
+settings side by side, and errors of one or two lines."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / "report" / "build_report.py"
+needs_latex = pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("xelatex", "pandoc")),
+    reason="xelatex or pandoc not found: install them with `sudo make system-deps`",
+)
+needs_pandoc = pytest.mark.skipif(shutil.which("pandoc") is None, reason="pandoc not found")
+
+TINY = [
+    ("markdown", "# Task 9 — A tiny section\n\n## Task 9a — Numbers"),
+    ("code", "x = 2.5\nbig = 1.45e-8"),
+    ("markdown", "Two and a half is {eval}`x`; small is {eval}`rep.sci(big)`, see Table 9.1."),
+    ("markdown", "**Table 9.1:** A table."),
+    ("code", "import pandas as pd\n\nrep.Table(pd.DataFrame({'a': [1]}))"),
+    ("markdown", "**Task 9a.** The answer is {eval}`x`."),
+]
+
+
+def notebook(folder: Path, name: str, cells=TINY) -> Path:
+    """Write a tiny task notebook; its last cell is tagged as the answer."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells.append(nbformat.v4.new_code_cell("import mlp_report as rep"))
+    for i, (kind, source) in enumerate(cells, start=1):
+        cell = (nbformat.v4.new_markdown_cell if kind == "markdown" else nbformat.v4.new_code_cell)(
+            source
+        )
+        if i == len(cells):
+            cell.metadata["tags"] = ["answer"]
+        nb.cells.append(cell)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture
+def env(tmp_path):
+    """Smoke mode with private store, build folder and temporary folder."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    environment = dict(
+        os.environ,
+        MLP_SMOKE="1",
+        MLP_RUN_STORE=str(tmp_path / "runs"),
+        MLP_REPORT_BUILD=str(tmp_path / "build"),
+        TMPDIR=str(tmp),
+        MLP_STRICT="0",
+    )
+    for name in ("MLP_SEEDS", "MLP_FRESH", "MLP_VERBOSE"):
+        environment.pop(name, None)
+    return environment
+
+
+def build(env, notebooks: Path, out: Path, **extra) -> subprocess.CompletedProcess:
+    command = [sys.executable, str(BUILD), "--notebooks", str(notebooks), "--out", str(out)]
+    return subprocess.run(
+        command, cwd=REPO, env=dict(env, **extra), capture_output=True, text=True, timeout=600
+    )
+
+
+def failure(result) -> list[str]:
+    """The lines after 'The build failed' (the short message), and the whole output's check."""
+    text = result.stdout + result.stderr
+    assert "Traceback" not in text, text[-3000:]
+    lines = text.split("The build failed; the previous report is untouched.\n", 1)[1]
+    return [line for line in lines.splitlines() if line.strip()]
+
+
+@needs_pandoc
+def test_inline_values_go_into_the_text_and_the_answers_page(env, tmp_path):
+    notebook(tmp_path / "nb", "task9_tiny")
+    result = build(env, tmp_path / "nb", tmp_path / "out")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Two and a half is 2.5; small is" in page and "{eval}" not in page
+    assert "<msup>" in page and "Answers at a glance" in page
+    assert 'href="#task-9a"' in page and 'id="task-9a"' in page
+    assert page.count("The answer is 2.5.") == 1  # moved to the answers page, not repeated
+    assert "Provenance" in page and "SHA-256" in page and "train-images-idx3-ubyte.gz" in page
+
+
+@needs_pandoc
+def test_a_failing_inline_expression_names_notebook_cell_and_expression(env, tmp_path):
+    cells = list(TINY)
+    cells[2] = ("markdown", "A value: {eval}`undefined_name + 1`.")
+    notebook(tmp_path / "nb", "task9_tiny", cells)
+    result = build(env, tmp_path / "nb", tmp_path / "out")
+    assert result.returncode == 1
+    lines = failure(result)
+    assert lines[0] == (
+        "task9_tiny.ipynb, cell 4 (Markdown): the inline expression {eval}`undefined_name + 1` "
+        "failed: NameError: name 'undefined_name' is not defined"
+    )
+    assert len(lines) <= 2 and not (tmp_path / "out" / "report.html").exists()
+
+
+@needs_pandoc
+def test_a_raw_numpy_number_in_the_text_is_refused(env, tmp_path):
+    """numpy 2 shows np.float64(2.5) for a bare number: the build asks for a formatter."""
+    cells = list(TINY)
+    cells[1] = ("code", "import numpy as np\n\nx = np.float64(2.5)\nbig = 1.45e-8")
+    notebook(tmp_path / "nb", "task9_tiny", cells)
+    result = build(env, tmp_path / "nb", tmp_path / "out")
+    assert result.returncode == 1
+    (line, *_) = failure(result)
+    assert line.startswith("task9_tiny.ipynb, cell 4 (Markdown): {eval}`x` is a numpy number")
+
+
+@needs_pandoc
+def test_a_reference_without_a_caption_fails_the_build(env, tmp_path):
+    cells = list(TINY)
+    cells[2] = ("markdown", "Figure 9.4 shows nothing, and Tables 9.1–9.2 are named.")
+    notebook(tmp_path / "nb", "task9_tiny", cells)
+    result = build(env, tmp_path / "nb", tmp_path / "out")
+    assert result.returncode == 1
+    (line, *_) = failure(result)
+    assert "task9_tiny.ipynb, cell 4 refers to Figure 9.4" in line
+    assert "refers to Table 9.2" in line and "Table 9.1" not in line
+
+
+@needs_latex
+def test_a_latex_error_names_its_cell_and_leaves_both_old_files(env, tmp_path):
+    notebook(tmp_path / "nb", "task9_tiny")
+    out = tmp_path / "out"
+    assert build(env, tmp_path / "nb", out).returncode == 0
+    before = {name: (out / name).read_bytes() for name in ("report.pdf", "report.html")}
+    cells = list(TINY)
+    cells[3] = ("markdown", "**Table 9.1:** A table with $\\undefinedmacro{x}$ in it.")
+    notebook(tmp_path / "nb", "task9_tiny", cells)
+    result = build(env, tmp_path / "nb", out)
+    assert result.returncode == 1
+    lines = failure(result)
+    assert lines[0].startswith("LaTeX failed on task9_tiny.ipynb, cell 5: Undefined control")
+    assert len(lines) <= 2
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in out.iterdir()) == [".report.key", "report.html", "report.pdf"]
+
+
+@needs_pandoc
+def test_an_unchanged_build_writes_nothing_and_leaves_no_runtime_files(env, tmp_path):
+    """Nothing changed: nothing is written (a read-only clone with everything built works), and no
+    kernel connection file or socket is left in the temporary folder, after either build."""
+    notebook(tmp_path / "nb", "task9_tiny")
+    out = tmp_path / "out"
+    assert build(env, tmp_path / "nb", out).returncode == 0
+    assert list(Path(env["TMPDIR"]).iterdir()) == []
+
+    def snapshot():
+        files = [*out.rglob("*"), *Path(env["MLP_REPORT_BUILD"]).rglob("*")]
+        return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in files}
+
+    before = snapshot()
+    again = build(env, tmp_path / "nb", out)
+    assert again.returncode == 0 and "unchanged, so it was kept" in again.stdout
+    assert snapshot() == before
+    assert list(Path(env["TMPDIR"]).iterdir()) == []
+
+
+@needs_pandoc
+def test_a_clone_at_a_long_path_builds(env, tmp_path):
+    """Kernel sockets live in a short private folder, not under the project (a Unix socket path
+    has at most 107 bytes): a clone at a long path executes its notebooks."""
+    deep = tmp_path / ("a-rather-long-folder-name-" * 4) / "course" / "assignment-2"
+    clone = deep / "mlp-from-scratch"
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout
+    for name in files.split():
+        target = clone / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+    assert len(str(clone)) > 120
+    notebook(clone / "notebooks", "task9_tiny")
+    command = [sys.executable, str(clone / "report" / "build_report.py")]
+    command += ["--pattern", "task9*.ipynb", "--out", str(tmp_path / "out")]
+    environment = dict(env, MNIST_DIR=str(REPO / "data" / "mnist"))
+    result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@needs_pandoc
+def test_builds_with_different_settings_side_by_side(env, tmp_path):
+    notebook(tmp_path / "nb", "task9_tiny")
+    command = [sys.executable, str(BUILD), "--notebooks", str(tmp_path / "nb")]
+    procs = [
+        subprocess.Popen(
+            command + ["--out", str(tmp_path / f"out{seeds}")],
+            cwd=REPO,
+            env=dict(env, MLP_SEEDS=str(seeds)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for seeds in (1, 2)
+    ]
+    outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    executed = sorted(p.parent.parent.name for p in Path(env["MLP_REPORT_BUILD"]).rglob("*.ipynb"))
+    assert "smoke-1-seeds" in executed and "smoke-2-seeds" in executed
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        (dict(MLP_STRICT="maybe"), "MLP_STRICT='maybe' is not understood: use 1"),
+        (dict(MLP_FRESH="perhaps"), "MLP_FRESH='perhaps' is not understood"),
+        (dict(MLP_SMOKE="maybe"), "MLP_SMOKE='maybe' is not understood"),
+        (dict(MLP_SEEDS="0"), "MLP_SEEDS must be a positive integer such as 3, got '0'"),
+    ],
+)
+def test_bad_settings_are_one_line(env, tmp_path, setting, message):
+    notebook(tmp_path / "nb", "task9_tiny")
+    result = build(env, tmp_path / "nb", tmp_path / "out", **setting)
+    assert result.returncode == 1
+    lines = failure(result)
+    assert lines[0].startswith(message) and len(lines) <= 2
+
+
+def test_missing_mnist_files_are_one_line(env, tmp_path):
+    notebook(tmp_path / "nb", "task9_tiny")
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    result = build(
+        env,
+        tmp_path / "nb",
+        tmp_path / "out",
+        MNIST_DIR=str(empty),
+        MNIST_MIRROR="http://127.0.0.1:9/",
+    )
+    assert result.returncode == 1
+    lines = failure(result)
+    assert lines[0].startswith("train-images-idx3-ubyte.gz: download from http://127.0.0.1:9/")
+    assert "copy the four MNIST .gz files into" in lines[0] and len(lines) <= 2
+
+
+def test_make_data_without_data_or_network_is_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(REPO / "mnist_files.py"), str(tmp_path / "empty")],
+        env=dict(os.environ, MNIST_MIRROR="http://127.0.0.1:9/"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_an_experiments_cell_that_is_not_experiments_names_its_notebook(env, tmp_path):
+    path = notebook(tmp_path / "nb", "task9_tiny")
+    nb = nbformat.read(path, as_version=4)
+    cell = nbformat.v4.new_code_cell('EXPERIMENTS = {"a": mlp.RunConfig()}')
+    cell.metadata["tags"] = ["experiments"]
+    nb.cells.insert(1, cell)
+    nbformat.write(nb, path)
+    result = build(env, tmp_path / "nb", tmp_path / "out")
+    assert result.returncode == 1
+    (line, *_) = failure(result)
+    assert line == (
+        "task9_tiny.ipynb: its experiments cell must set EXPERIMENTS = rep.experiments({...}), "
+        "got dict"
+    )
+
+
+def test_the_makefile_passes_yes_no_values_to_the_one_parser():
+    result = subprocess.run(
+        ["make", "-n", "report", "STRICT=on", "FRESH=maybe"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert 'MLP_STRICT="on"' in result.stdout and 'MLP_FRESH="maybe"' in result.stdout
+
+
+def test_ctrl_c_in_the_first_second_is_one_line(env, tmp_path):
+    notebook(tmp_path / "nb", "task9_tiny")
+    command = [sys.executable, str(BUILD), "--notebooks", str(tmp_path / "nb")]
+    proc = subprocess.Popen(
+        command + ["--out", str(tmp_path / "out")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Interrupted" in out and "Traceback" not in out, out
