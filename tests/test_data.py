@@ -3,6 +3,7 @@ protocol's preprocessing."""
 
 import gzip
 import http.server
+import os
 import shutil
 import socket
 import threading
@@ -200,8 +201,8 @@ def test_corrupt_file_in_the_cache_is_moved_aside(mnist_path, tmp_path, monkeypa
         mlp.load_mnist(cache, download=False)
     assert "gzip stream is truncated" in str(caught.value)
     assert (
-        "It was moved aside to t10k-labels-idx1-ubyte.gz.corrupt; run again to download a fresh copy."
-        in str(caught.value)
+        "It was moved aside to t10k-labels-idx1-ubyte.gz.corrupt; run again to download a "
+        "fresh copy." in str(caught.value)
     )
     assert "Delete it" not in str(caught.value)  # one remedy, not two that contradict each other
     assert not bad.exists() and (cache / "t10k-labels-idx1-ubyte.gz.corrupt").exists()
@@ -247,7 +248,7 @@ def test_an_unreadable_file_is_an_mnist_data_error(mnist_path, tmp_path, monkeyp
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(mf.gzip, "open", denied)
+    monkeypatch.setattr(mf.os, "open", denied)
     with pytest.raises(
         mlp.MNISTDataError, match=r"cannot be read \(Permission denied\). Check its permissions"
     ):
@@ -390,3 +391,60 @@ def test_a_slow_drip_mirror_runs_into_the_deadline(drip_server, tmp_path):
         )
     assert time.monotonic() - t0 < 4
     assert not any(p.name.endswith(".part") for p in (tmp_path / "d").iterdir())
+
+
+def test_a_fifo_in_place_of_a_data_file_does_not_block(tmp_path):
+    """A named pipe where an MNIST file should be: an error at once, never a reader that waits
+    forever for a writer."""
+    fifo = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    os.mkfifo(fifo)
+    outcome = []
+
+    def read():
+        try:
+            mf.read_idx_gz(fifo, "test_labels")
+        except mlp.MNISTDataError as exc:
+            outcome.append(str(exc))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    assert not reader.is_alive(), "reading a FIFO blocked"
+    assert outcome and "not a regular file" in outcome[0]
+
+
+@pytest.fixture
+def endless_server():
+    """A mirror on 127.0.0.1 that never ends its file: no Content-Length, data as fast as it can."""
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            block = b"x" * 65536
+            try:
+                for _ in range(10_000):  # 655 MB at most, far beyond any MNIST file
+                    self.wfile.write(block)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_mirror_that_never_ends_is_stopped_at_the_largest_possible_size(endless_server, tmp_path):
+    folder = tmp_path / "d"
+    with pytest.raises(mlp.MNISTDataError, match=r"the mirror sent more than the [\d,]+ bytes"):
+        mf.download_mnist(folder, base_url=endless_server, progress=False, deadline=120)
+    assert not list(folder.iterdir())  # the partial file is gone
+    limit = mf.idx_size("train_images") + (1 << 20)
+    assert limit < 50_000_000  # stopped at ~48 MB, not at the deadline
