@@ -329,8 +329,8 @@ def _alive(pid: int) -> bool:
 )
 def test_ctrl_c_stops_a_build_within_seconds(tmp_path, smoke_env, phase, second):
     """SIGINT to the build's process group (what Ctrl-C does in a terminal) while it trains or while
-    its notebooks execute: it exits within seconds (3 s promised, measured by
-    bench/ctrl_c.py on a quiet machine; the bound here is generous, for busy machines), leaves no
+    its notebooks execute: it exits within seconds (3 s promised and measured on an idle machine;
+    the bound here is generous, so that a busy machine does not fail the test), leaves no
     worker or kernel behind, writes no report; a second Ctrl-C right after the first does not
     hang it."""
     if phase == "training":
