@@ -662,15 +662,23 @@ COLUMNS = (
         "s / epoch",
         "s / epoch",
         "run",
-        lambda h: sum(h.epoch_times) / len(h.epoch_times) if h.epoch_times else math.nan,
+        lambda h: _seconds_per_epoch(h, 0.0),
         _fixed(2),
-        "seconds per epoch, validations included",
+        "seconds per epoch of training and validation (the explorer's live redraws not counted)",
     ),
 )
 
 
-def _table_html(histories: list[History]) -> str:
-    """The runs table: a header of column groups, a row per run, and what "final" means."""
+def _seconds_per_epoch(hist: History, update_seconds: float) -> float:
+    """Mean seconds per epoch, less the `update_seconds` the explorer's live updates took."""
+    if not hist.epoch_times:
+        return math.nan
+    return max(0.0, sum(hist.epoch_times) - update_seconds) / len(hist.epoch_times)
+
+
+def _table_html(rows: list[dict]) -> str:
+    """The runs table of Explorer._rows(): a header of column groups, a row per run, and what
+    "final" means."""
     groups = []  # (group, number of columns)
     for column in COLUMNS:
         if groups and groups[-1][0] == column.group:
@@ -685,11 +693,11 @@ def _table_html(histories: list[History]) -> str:
         f"<th title='{html.escape(column.tooltip, quote=True)}'>{html.escape(column.header)}</th>"
         for column in COLUMNS
     )
-    rows = "".join(
+    body = "".join(
         "<tr>"
-        + "".join(f"<td>{html.escape(column.shown(column.value(h)))}</td>" for column in COLUMNS)
+        + "".join(f"<td>{html.escape(column.shown(row[column.name]))}</td>" for column in COLUMNS)
         + "</tr>"
-        for h in histories
+        for row in rows
     )
     note = (
         "<div class='mlp-table-note'><b>final weights</b>: "
@@ -698,7 +706,7 @@ def _table_html(histories: list[History]) -> str:
     )
     return (
         f"<table class='mlp-explorer-table'><thead><tr>{top}</tr><tr>{head}</tr></thead>"
-        f"<tbody>{rows}</tbody></table>{note}"
+        f"<tbody>{body}</tbody></table>{note}"
     )
 
 
@@ -789,7 +797,8 @@ class Explorer:
         self._lock = threading.RLock()
         self._next_id = 1
         self._last_draw = 0.0
-        self._callback_seconds = 0.0
+        self._callback_seconds = 0.0  # of the run in progress: its live updates
+        self._update_seconds: dict[str, float] = {}  # of every finished run, by its name
         self._syncing_selection = False
 
         label = {"description_width": "140px"}
@@ -1106,6 +1115,7 @@ class Explorer:
         """Forget every finished run (a run in progress is kept and added when it ends)."""
         with self._lock:
             self.histories = []
+            self._update_seconds = {}
             if not self.running:
                 self._next_id = 1
                 self.progress.bar_style = ""
@@ -1124,10 +1134,20 @@ class Explorer:
         ended (in words) and seconds per epoch."""
         import pandas as pd
 
+        return pd.DataFrame(self._rows(), columns=[column.name for column in COLUMNS])
+
+    def _rows(self) -> list[dict]:
+        """{column: value} of every finished run, as results() and the table show them."""
         with self._lock:
             histories = list(self.histories)
-        rows = [{column.name: column.value(h) for column in COLUMNS} for h in histories]
-        return pd.DataFrame(rows, columns=[column.name for column in COLUMNS])
+            update_seconds = dict(self._update_seconds)
+        rows = []
+        for hist in histories:
+            row = {column.name: column.value(hist) for column in COLUMNS}
+            updates = update_seconds.get(hist.config.name, 0.0)
+            row["s / epoch"] = _seconds_per_epoch(hist, updates)
+            rows.append(row)
+        return rows
 
     # ------------------------------------------------------------------------------ training thread
 
@@ -1163,6 +1183,7 @@ class Explorer:
                     self._live = None
                     if hist is not None:
                         self.histories.append(hist)
+                        self._update_seconds[config.name] = self._callback_seconds
                         self._set_runs_options(selected=tuple(self.runs.value) + (_run_id(hist),))
                 if hist is not None:
                     self.progress.value = hist.steps
@@ -1239,12 +1260,11 @@ class Explorer:
             self._draw()
 
     def _update_table(self) -> None:
-        with self._lock:
-            histories = list(self.histories)
-        if not histories:
+        rows = self._rows()
+        if not rows:
             self.table.value = "<i style='color:#777'>No runs yet.</i>"
         else:
-            self.table.value = _table_html(histories)
+            self.table.value = _table_html(rows)
 
     def _shown(self) -> tuple[list[History], History | None]:
         with self._lock:
