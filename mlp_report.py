@@ -10,8 +10,9 @@ tables.
   it is formatted; tables, the running text and the notes all use it.
 * The one comparison rule: two networks differ in a metric when Welch's t-test over their seeds
   gives p < 0.05; otherwise they are the same. `Runs.check(a, b, claims)` backs claims about a
-  pair of networks with it, `check(claim, evidence)` every other claim: a claim the runs do not
-  support gets a visible note (and fails the build under --strict).
+  pair of networks with it (`claims(...)` words such claims from the metric table),
+  `check(claim, evidence)` every other claim: a claim the runs do not support gets a visible note
+  (and fails the build under --strict).
 * Numbers for the running text (`pct`, `steps`, `num`, `sci`, `mean_std`, ...), written into the
   Markdown cells as inline expressions {eval}`...`, and `Table` (booktabs LaTeX in the PDF, an
   HTML table in the HTML report, both through pandas' Styler).
@@ -588,6 +589,26 @@ def check(claim: str, evidence: Comparison | bool | None, detail: str = "") -> N
     `evidence` is a Comparison with an expected verdict (Runs.check builds those), a bool, or
     None for a claim these runs cannot test (one seed: no spread), which is marked as such."""
     _show_notes(_claim_notes(claim, evidence, detail))
+
+
+VERDICT_WORDS = {"higher": "higher than", "lower": "lower than", "same": "about the same as"}
+
+
+def claims(
+    a: str, b: str, **verdicts: Sequence[str | Metric]
+) -> dict[str, tuple[str, str | Metric]]:
+    """The claims of Runs.check worded from the metric table: the metrics grouped by the verdict
+    each claim states of network a against network b (keywords higher, lower, same), `a` and
+    `b` as the text names them. claims("3a", "the baseline", lower=["val_loss"]) gives
+    {"3a: final validation loss lower than for the baseline": ("lower", "val_loss")}."""
+    worded = {}
+    for verdict, metrics in verdicts.items():
+        if verdict not in VERDICT_WORDS:
+            raise ValueError(f"a verdict is 'higher', 'lower' or 'same', got {verdict!r}")
+        for m in metrics:
+            claim = f"{a}: {metric(m).words} {VERDICT_WORDS[verdict]} for {b}"
+            worded[claim] = (verdict, m)
+    return worded
 
 
 def _claim_notes(claim: str, evidence: Comparison | bool | None, detail: str) -> list[dict]:
