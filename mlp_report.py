@@ -397,8 +397,8 @@ def steps_to(accuracy: float) -> Metric:
         reached = np.flatnonzero(np.asarray(h.val_acc) >= accuracy)
         return float(h.val_steps[reached[0]]) if reached.size else math.nan
 
-    level = f"{100 * accuracy:.0f}{PERCENT}"
-    return Metric(first_step, f"steps to {level}", level, ",.0f")
+    level = f"{100 * accuracy:.0f}"
+    return Metric(first_step, f"steps to {level}{PERCENT}", f"{level} %", ",.0f")
 
 
 # ---- the runs of a notebook ----------------------------------------------------------------------
@@ -452,7 +452,7 @@ class Runs(dict):
             reasons = pd.Series([h.stop_reason.replace("_", " ") for h in left_out])
             lost = "; ".join(f"{n} {reason}" for reason, n in reasons.value_counts().items())
             text = f"{text} ({len(values)} of {len(self[label])} seeds; {lost})"
-        elif len(values) < len(self[label]):
+        elif 0 < len(values) < len(self[label]):
             text = f"{text} ({len(self[label]) - len(values)} without a value)"
         return Text(text)
 
@@ -644,6 +644,10 @@ def _show_notes(notes: list[dict]) -> None:
     untestable = [note for note in notes if note["untestable"]]
     if untestable:
         claims = "; ".join(note["claim"] for note in untestable)
+        subjects = {note["claim"].split(": ", 1)[0] for note in untestable}
+        if len(subjects) == 1 and all(": " in note["claim"] for note in untestable):
+            rest = "; ".join(note["claim"].split(": ", 1)[1] for note in untestable)
+            claims = f"{subjects.pop()}: {rest}"  # one subject, named once
         text = f"<small>{UNTESTABLE} Not tested with one seed: {claims}.</small>"
         display(Markdown(text), metadata={"mlp_claims_untestable": untestable})
 

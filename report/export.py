@@ -199,7 +199,10 @@ def provenance(seeds: int, smoke: bool) -> str:
     mode = "smoke mode (tiny runs, not the protocol)" if smoke else "the full protocol"
     rows = [
         ("Code", f"commit {commit}"),
-        ("Runs", f"{mode}, {seeds} seed(s) per network (seeds 0–{seeds - 1})"),
+        (
+            "Runs",
+            f"{mode}, " + ("one seed (0)" if seeds == 1 else f"{seeds} seeds (0–{seeds - 1})"),
+        ),
         ("MNIST files (SHA-256)", "<br>".join(digests)),
         ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
         ("numpy, BLAS", f"numpy {np.__version__}; {', '.join(blas) or 'BLAS not found'}"),

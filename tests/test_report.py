@@ -312,3 +312,23 @@ def test_module_sizes():
 
     root = Path(mlp.__file__).parent
     assert len((root / "mlp_core.py").read_text().splitlines()) <= 900
+
+
+def test_pair_claims_are_worded_from_the_metric_table(displayed):
+    claims = rep.claims("3a", "the baseline", lower=["val_loss"], same=[rep.steps_to(0.9)])
+    assert claims == {
+        "3a: final validation loss lower than for the baseline": ("lower", "val_loss"),
+        "3a: steps to 90\u00a0% about the same as for the baseline": (
+            "same",
+            list(claims.values())[1][1],
+        ),
+    }
+    with pytest.raises(ValueError, match="a verdict is 'higher', 'lower' or 'same'"):
+        rep.claims("a", "b", better=["val_acc"])
+    runs = rep.Runs({"3a": [_history(0, 0.96)], "the baseline": [_history(0, 0.95)]})
+    runs.check("3a", "the baseline", claims)
+    ((text, _),) = displayed
+    assert text == (
+        "<small>† Not tested with one seed: 3a: final validation loss lower than for the "
+        "baseline; steps to 90\u00a0% about the same as for the baseline.</small>"
+    )
