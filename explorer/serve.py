@@ -19,6 +19,10 @@ Every setting of the explorer's server is here, with its reason:
 - The page uses the template `mlp-explorer` (explorer/jupyter/voila/templates/): Voilà's lab
   template without its two Font Awesome stylesheets on a CDN, which Voilà's own script bundle
   already carries, so the page makes no request that leaves the machine.
+- The page loads only the two JupyterLab extensions it needs, the widget manager and Voilà's
+  adapter for it: every other extension installed in the environment (the notebook and MyST
+  extensions, pygments' styles) would be fetched, parsed and started on every page load for
+  nothing.
 - A closed or reloaded page's kernel is shut down at once. Voilà's page sends a shutdown request on
   `beforeunload`, which failed with 403 "'_xsrf' argument missing from POST"
   (voila-dashboards/voila#1458): nothing in a Voilà page creates the `_xsrf` cookie the request
@@ -40,6 +44,7 @@ REPO = HERE.parent
 NOTEBOOK = REPO / "notebooks" / "explorer.ipynb"
 TEMPLATES = HERE / "jupyter"  # a Jupyter data folder holding voila/templates/mlp-explorer
 TEMPLATE = "mlp-explorer"
+EXTENSIONS = ["@jupyter-widgets/jupyterlab-manager", "@voila-dashboards/widgets-manager8"]
 HOST = "127.0.0.1"
 CULL_IDLE_TIMEOUT = 30  # seconds
 CULL_INTERVAL = 10  # seconds
@@ -70,6 +75,7 @@ def config():
     config.Voila.root_dir = str(REPO)
     config.Voila.tornado_settings = {"ws_ping_interval": 0}
     config.VoilaConfiguration.template = TEMPLATE
+    config.VoilaConfiguration.extension_allowlist = EXTENSIONS
     config.VoilaConfiguration.prelaunch_hook = create_xsrf_cookie
     config.KernelManager.transport = "ipc"
     config.MappingKernelManager.cull_idle_timeout = CULL_IDLE_TIMEOUT

@@ -10,6 +10,7 @@ XDG, Jupyter, IPython, matplotlib and npm folders, all in temporary directories.
 """
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -431,6 +432,21 @@ def test_voila_explorer_on_a_laptop_screen(page, start_server):
     page.locator(".mlp-table-note").get_by_text("the lowest of the validations").wait_for()
     page.screenshot(path=ARTIFACTS / "explorer-four-runs-1280.png")
     page.set_viewport_size(SCREEN)
+
+    # Stop: the page says "stopping…" at once and the run ends as stopped by you
+    _type(page, ".mlp-epochs", 200)
+    page.get_by_text("200 epochs in about").wait_for()
+    _train_enabled(page)
+    train_button.click()
+    page.locator(".mlp-status").get_by_text("epoch 2 / 200").wait_for(timeout=RUN_DONE)
+    page.locator("button.mlp-stop").click()
+    page.locator(".mlp-status").get_by_text(re.compile("stopping…|was stopped by you")).wait_for(
+        timeout=5_000
+    )
+    row = _rows(page).nth(4)
+    row.wait_for(timeout=RUN_DONE)
+    assert "stopped by you" in row.locator("td").all_inner_texts()
+    page.locator(".mlp-status").get_by_text("at its last validation").wait_for()
 
     # Clear runs forgets the runs and resets the status line and the progress bar
     page.locator("button.mlp-clear").click()
