@@ -16,6 +16,9 @@ Every setting of the explorer's server is here, with its reason:
   healthy socket whenever a ping is answered a millisecond late. Pings detect connections that died
   without closing, which does not happen between a browser and a server on the same machine: a
   closed or crashed browser closes its sockets at once.
+- Voilà's connection folder (the kernels' IPC sockets) is made in the system's temporary folder,
+  or in /tmp when that path is so long that a socket's path would pass the 107 bytes a Unix socket
+  allows.
 - The page uses the template `mlp-explorer` (explorer/jupyter/voila/templates/): Voilà's lab
   template without its two Font Awesome stylesheets on a CDN, which Voilà's own script bundle
   already carries, so the page makes no request that leaves the machine.
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -48,6 +52,13 @@ EXTENSIONS = ["@jupyter-widgets/jupyterlab-manager", "@voila-dashboards/widgets-
 HOST = "127.0.0.1"
 CULL_IDLE_TIMEOUT = 30  # seconds
 CULL_INTERVAL = 10  # seconds
+
+
+def connection_root() -> str:
+    """Where Voilà makes its private connection folder: a socket's path there is that folder plus
+    about 70 bytes (voila_xxxxxxxx/kernel-<uuid>-ipc-<port>), and must stay under 107."""
+    root = tempfile.gettempdir()
+    return root if len(root.encode()) <= 36 else "/tmp"
 
 
 def trust(notebook: Path) -> None:
@@ -73,6 +84,7 @@ def config():
     config.Voila.ip = HOST
     config.Voila.open_browser = False
     config.Voila.root_dir = str(REPO)
+    config.Voila.connection_dir_root = connection_root()
     config.Voila.tornado_settings = {"ws_ping_interval": 0}
     config.VoilaConfiguration.template = TEMPLATE
     config.VoilaConfiguration.extension_allowlist = EXTENSIONS

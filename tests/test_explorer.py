@@ -4,6 +4,7 @@ Also the explorer's Voilà launcher (explorer/serve.py) and `make explore`, as f
 checked without a server; tests/test_explorer_browser.py runs the server."""
 
 import html
+import importlib.util
 import json
 import math
 import re
@@ -589,11 +590,9 @@ def test_notebook_is_clean_and_short():
 def test_voila_server_settings():
     """explorer/serve.py: every setting that keeps the terminal quiet, the page local and the
     kernels few (the browser test checks what they do)."""
-    sys.path.insert(0, str(REPO / "explorer"))
-    try:
-        import serve
-    finally:
-        sys.path.pop(0)
+    spec = importlib.util.spec_from_file_location("serve", REPO / "explorer" / "serve.py")
+    serve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serve)
     config = serve.config()
     assert config.KernelManager.transport == "ipc"
     assert config.Voila.tornado_settings == {"ws_ping_interval": 0}
@@ -605,6 +604,11 @@ def test_voila_server_settings():
     template = serve.TEMPLATES / "voila" / "templates" / config.VoilaConfiguration.template
     assert json.loads((template / "conf.json").read_text()) == {"base_template": "lab"}
     assert "cdn" in (template / "index.html.j2").read_text()  # it drops the CDN links
+    assert config.VoilaConfiguration.extension_allowlist == serve.EXTENSIONS
+    socket = (
+        Path(config.Voila.connection_dir_root) / "voila_12345678" / f"kernel-{'0' * 36}-ipc-65535"
+    )
+    assert len(str(socket).encode()) < 107  # a Unix socket's path is at most 107 bytes
 
 
 def test_make_explore_runs_the_launcher():
