@@ -18,8 +18,6 @@ import stat
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +198,9 @@ def download_mnist(
     $MNIST_MIRROR or the public mirror. Each file goes to a temporary name and is renamed only
     after it passes verification. `timeout` bounds each network read, `deadline` the whole
     download (s); a file larger than an MNIST file can be is stopped at that size."""
+    import urllib.error  # only here: every kernel imports this module, few download
+    import urllib.request
+
     from tqdm.auto import tqdm
 
     directory = Path(directory) if directory is not None else mnist_dir()
