@@ -14,16 +14,17 @@ trained on that Dask cluster instead and stored on this side, so the workers nee
 
 The store is a folder (.cache/runs, or $MLP_RUN_STORE) with one entry per finished run: an .npz
 file of plain arrays and a JSON header, read with allow_pickle=False, so reading an entry never
-runs code. An entry's key covers the whole configuration and a digest of mlp_core.py, the code
-that computes a run: editing notebooks, plots or the report layer reuses every run; editing the ML
-core retrains them. Entries are written to a temporary file and renamed, so a reader sees a whole
-entry or none. Before an entry is used it is checked against its configuration (only a regular
-file of a plausible size is read; the weights' number, shapes and dtype, finite weights and final
-metrics, consistent history lists); a damaged or foreign entry is named in a warning, moved aside
-and trained again. Only runs that ended as configured (early stopping or the last epoch) are
-stored: interrupted, stopped and diverged runs never are. `RunStore.check_writable()` says before
-any training whether the store can be written (RunStoreError otherwise); a sweep whose runs cannot
-be stored still returns and uses them, and says so once.
+runs code. An entry's key covers the whole configuration and a digest of the code that computes a
+run, mlp_core.py, and of what does its arithmetic (numpy, the BLAS kernel): editing notebooks,
+plots or the report layer reuses every run; editing the ML core retrains them. Entries are written
+to a temporary file and renamed, so a reader sees a whole entry or none. Before an entry is used it
+is checked against its configuration (only a regular file of a plausible size is read; the weights'
+number, shapes and dtype, finite weights and final metrics, consistent history lists); a damaged or
+foreign entry is named in a warning, moved aside and trained again. Only runs that ended as
+configured (early stopping or the last epoch) are stored: interrupted, stopped and diverged runs
+never are. `RunStore.check_writable()` says before any training whether the store can be written
+(RunStoreError otherwise); a sweep whose runs cannot be stored still returns and uses them, and
+says so once.
 
 Ctrl-C (SIGINT, or a Jupyter kernel's interrupt) ends the whole sweep within a second or two: the
 local workers, which ignore SIGINT themselves, are terminated (Dask tasks are cancelled and stop at
@@ -101,8 +102,18 @@ def store_dir() -> Path:
 
 @functools.cache
 def code_digest() -> str:
-    """SHA-256 of mlp_core.py: a stored run is reused only with the code that computed it."""
-    return hashlib.sha256((REPO / "mlp_core.py").read_bytes()).hexdigest()
+    """SHA-256 of mlp_core.py and of what does its arithmetic (numpy's version, the BLAS library
+    and the kernel it chose for this CPU): a stored run is reused only where it would be
+    computed bit for bit the same."""
+    from threadpoolctl import threadpool_info
+
+    blas = sorted(
+        f"{info.get('internal_api')} {info.get('version')} {info.get('architecture')}"
+        for info in threadpool_info()
+        if info.get("user_api") == "blas"
+    )
+    numerics = json.dumps({"numpy": np.__version__, "blas": blas})
+    return hashlib.sha256((REPO / "mlp_core.py").read_bytes() + numerics.encode()).hexdigest()
 
 
 def _config_dict(config: mlp.RunConfig) -> dict:
@@ -885,9 +896,10 @@ def _train_on_dask(client, todo: list[mlp.RunConfig], progress: SweepProgress):
                 hist, digest = future.result()  # a task's exception ends the sweep
                 if digest != code_digest():
                     raise RuntimeError(
-                        "a Dask worker runs another mlp_core.py than this machine (its digest "
-                        f"{digest[:12]} against {code_digest()[:12]}): install this checkout of "
-                        "the project on the workers, so their runs belong to this run store"
+                        "a Dask worker runs another mlp_core.py, numpy or BLAS kernel than this "
+                        f"machine (its digest {digest[:12]} against {code_digest()[:12]}): "
+                        "install this checkout with the same packages on the workers, so that "
+                        "their runs are the ones this run store holds"
                     )
                 progress.finished(futures[future], hist)
                 yield hist
