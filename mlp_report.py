@@ -30,6 +30,7 @@ import math
 import os
 import platform
 import re
+import time
 import warnings
 from typing import Callable, Sequence
 
@@ -146,7 +147,8 @@ def run(exps: Experiments, **kwargs) -> Runs:
 
 # ---- dedicated timings ---------------------------------------------------------------------------
 
-TIMING_REPEATS = 3  # epochs timed per network; the fastest counts
+TIMING_REPEATS = 5  # rounds over the timed networks; each network's fastest epoch counts
+QUIET = 0.15  # a timing is kept when other processes used less than this share of one core
 
 
 def _machine() -> dict:
@@ -168,7 +170,12 @@ def _machine() -> dict:
 def _timing_probe(config: mlp.RunConfig) -> mlp.RunConfig:
     """One epoch of training steps of `config`, with a single cheap validation at step 0."""
     return config.replace(
-        name="", seed=0, max_epochs=1, validations_per_epoch=1, record_grad_norms=False
+        name="",
+        seed=0,
+        max_epochs=1,
+        validations_per_epoch=1,
+        n_val=min(config.n_val, 1000),
+        record_grad_norms=False,
     )
 
 
@@ -182,39 +189,74 @@ def _timing_path(config: mlp.RunConfig):
     return mlp_runs.store_dir() / "timings" / f"epoch-{digest}.json"
 
 
-def epoch_seconds(exps: Experiments, measure: bool = True) -> dict[str, float]:
-    """Seconds per epoch of training steps (validations excluded) of every timed network of
-    `exps`: the fastest of TIMING_REPEATS epochs, each network timed alone on one thread.
+def _cpu_of_others() -> float | None:
+    """CPU seconds the whole machine has spent busy, less this process's: what other work took.
+    None where /proc/stat cannot tell (not Linux)."""
+    try:
+        fields = open("/proc/stat").readline().split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(f) for f in fields[:7])
+    busy = (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    own = os.times()
+    return busy - own.user - own.system
 
-    The report build measures them after training, with nothing else running, and keeps them
-    for this machine; a notebook run by hand measures what is missing (measure=False: NaN)."""
+
+def epoch_seconds(exps: Experiments, measure: bool = True, fresh: bool = False) -> dict[str, float]:
+    """Seconds per epoch of training steps (validations excluded) of every timed network of
+    `exps`, each network timed alone on one thread: the fastest of TIMING_REPEATS epochs, the
+    networks taken in turn (a busy moment slows them all alike, not one of them).
+
+    The report build measures them after training, with nothing else of its own running, and
+    keeps them for this machine; a timing during which other processes were busy is marked
+    noisy and measured again by the next build (`fresh`: measure the missing and the noisy).
+    A notebook run by hand uses what is kept and measures what is missing; measure=False gives
+    NaN for those instead."""
     seconds = {}
+    missing = {}
     for label in exps.timed:
-        config = exps.networks[label]
-        path = _timing_path(config)
-        try:
-            seconds[label] = float(json.loads(path.read_text())["seconds"])
-            continue
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        if not measure:
-            seconds[label] = math.nan
-            continue
-        probe = _timing_probe(config)
-        data = mlp.prepare_data(probe.n_train, probe.dtype, probe.n_val)
-        times = []
-        for _ in range(TIMING_REPEATS):
-            hist = mlp.train(probe, data, progress=False)
-            times.append(hist.step_times[0])
-        seconds[label] = min(times)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"seconds": seconds[label], "all": times}))
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a timing that cannot be kept is measured again next time
+        kept = _kept_timing(exps.networks[label])
+        usable = kept is not None and (kept["quiet"] or not fresh)
+        seconds[label] = kept["seconds"] if usable else math.nan
+        if not usable:
+            missing[label] = _timing_probe(exps.networks[label])
+    if not missing or not measure:
+        return seconds
+    times = {label: [] for label in missing}
+    others_before = _cpu_of_others()
+    t0 = time.perf_counter()
+    for _ in range(TIMING_REPEATS):
+        for label, probe in missing.items():
+            data = mlp.prepare_data(probe.n_train, probe.dtype, probe.n_val)
+            times[label].append(mlp.train(probe, data, progress=False).step_times[0])
+    others_after = _cpu_of_others()
+    elapsed = time.perf_counter() - t0
+    quiet = others_before is None or others_after - others_before < QUIET * elapsed
+    for label in missing:
+        seconds[label] = min(times[label])
+        _keep_timing(
+            exps.networks[label], {"seconds": seconds[label], "all": times[label], "quiet": quiet}
+        )
     return seconds
+
+
+def _kept_timing(config: mlp.RunConfig) -> dict | None:
+    try:
+        kept = json.loads(_timing_path(config).read_text())
+        return {"seconds": float(kept["seconds"]), "quiet": bool(kept["quiet"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _keep_timing(config: mlp.RunConfig, record: dict) -> None:
+    path = _timing_path(config)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a timing that cannot be kept is measured again where it is needed
 
 
 # ---- numbers for the running text ----------------------------------------------------------------

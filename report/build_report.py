@@ -178,19 +178,17 @@ def train_and_time(configs: list, all_experiments: list, fresh: bool) -> dict:
     histories = mlp_runs.run_experiments(list(unique.values()), store=store, desc="training")
     train_seconds = time.perf_counter() - t0
     timed = sum(len(exps.timed) for exps in all_experiments)
-    missing = sum(
-        1
-        for exps in all_experiments
-        for seconds in mlp_report.epoch_seconds(exps, measure=False).values()
-        if math.isnan(seconds)
-    )
+    missing = 0
+    for exps in all_experiments:
+        kept = mlp_report.epoch_seconds(exps, measure=False, fresh=True)
+        missing += sum(math.isnan(seconds) for seconds in kept.values())
     if missing:
         say(
             f"Timing {missing} of {timed} networks alone "
-            f"(best of {mlp_report.TIMING_REPEATS} epochs each)..."
+            f"(the fastest of {mlp_report.TIMING_REPEATS} epochs each, taken in turn)..."
         )
         for exps in all_experiments:
-            mlp_report.epoch_seconds(exps)
+            mlp_report.epoch_seconds(exps, fresh=True)
     return {
         "runs": len(unique),
         "trained": to_train,
@@ -267,7 +265,9 @@ def claims_of(notebooks: dict) -> tuple[list[str], int]:
             for out in cell.get("outputs", []) if cell.cell_type == "code" else []:
                 meta = out.get("metadata", {})
                 if "mlp_claim" in meta:
-                    unsupported.append(f"{name}: {meta['mlp_claim']['claim']}")
+                    note = meta["mlp_claim"]
+                    detail = f" ({note['detail']})" if note.get("detail") else ""
+                    unsupported.append(f"{name}: {note['claim']}{detail}")
                 untestable += len(meta.get("mlp_claims_untestable", []))
     return unsupported, untestable
 

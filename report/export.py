@@ -182,7 +182,7 @@ def provenance(seeds: int, smoke: bool) -> str:
     digests = []
     for spec in mlp_core.MNIST_FILES.values():
         digest = hashlib.sha256((data_dir / spec.name).read_bytes()).hexdigest()
-        digests.append(f"`{spec.name}` {digest}")
+        digests.append(f"- {spec.name}:  \n  `{digest}`")
     blas = [
         f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
         for i in threadpool_info()
@@ -203,13 +203,16 @@ def provenance(seeds: int, smoke: bool) -> str:
             "Runs",
             f"{mode}, " + ("one seed (0)" if seeds == 1 else f"{seeds} seeds (0–{seeds - 1})"),
         ),
-        ("MNIST files (SHA-256)", "<br>".join(digests)),
         ("Python", f"{platform.python_implementation()} {platform.python_version()}"),
         ("numpy, BLAS", f"numpy {np.__version__}; {', '.join(blas) or 'BLAS not found'}"),
         ("Machine", f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"),
     ]
-    table = "\n".join(f"| {key} | {value} |" for key, value in rows)
-    return f"## Provenance\n\n| | |\n|---|---|\n{table}\n"
+    lines = "\n".join(f"- **{key}:** {value}" for key, value in rows)
+    files = "\n".join(digests)
+    return (
+        f"## Provenance\n\nWhere the numbers of this report come from.\n\n{lines}\n\n"
+        f"The four MNIST files, with the SHA-256 of each file as read:\n\n{files}\n"
+    )
 
 
 def build_note(smoke: bool) -> str:
@@ -331,6 +334,24 @@ def _latex_failure(exc, latex: str) -> ReportError:
     return ReportError(f"LaTeX failed on {place}: {error or 'see report/build/report.tex'}")
 
 
+def _keep_with_table(nb, index: int) -> None:
+    """Move the table caption of raw cell `index` into the table below it, both in a minipage,
+    which LaTeX never splits across pages."""
+    caption = nb.cells[index]
+    following = nb.cells[index + 1] if index + 1 < len(nb.cells) else None
+    outputs = following.get("outputs", []) if following is not None else []
+    tables = [o for o in outputs if "\\begin{tabular}" in o.get("data", {}).get("text/latex", "")]
+    if not tables:
+        return
+    mark, text = caption.source.split("\n", 1)
+    table = tables[0]["data"]["text/latex"]
+    tables[0]["data"]["text/latex"] = (
+        f"{mark}\n\\par\\noindent\\begin{{minipage}}{{\\linewidth}}\n{text.strip()}\\par\\smallskip\n"
+        f"{table}\n\\end{{minipage}}\\par\\medskip"
+    )
+    caption.source = mark
+
+
 def export_pdf(nb, target: Path, tex_copy: Path) -> None:
     """The PDF through LaTeX, into `target` (a temporary name: publish() renames it)."""
     import nbformat
@@ -351,13 +372,13 @@ def export_pdf(nb, target: Path, tex_copy: Path) -> None:
                 + fragment.strip()
                 + "\n\\end{minipage}\\par"
             )
-        elif CAPTION.match(source):  # a table's caption, kept with the table below it
-            fragment = f"{fragment.strip()}\\par\\nopagebreak"
         if out is None:
             index = nb.cells.index(cell)
             nb.cells[index] = nbformat.v4.new_raw_cell(
                 mark + fragment, metadata={"raw_mimetype": "text/latex"}
             )
+            if CAPTION.match(source) and "Table" in source.split(":", 1)[0]:
+                _keep_with_table(nb, index)
         else:
             out["data"] = {"text/latex": mark + fragment}
     options = dict(
