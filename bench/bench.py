@@ -404,12 +404,12 @@ def benchmark(args) -> None:
         f"protocol epoch: {n_train:,} training and {n_val:,} validation images, batch 32, "
         f"{VALIDATIONS} validations; medians of {args.repeats} interleaved rounds\n"
     )
-    # Rows that start a second thread (two BLAS threads, PyTorch) are timed after all the
-    # single-threaded ones: once the process had run a second thread, the allocation-heavy
-    # reference's steps took three times as long here, the extra time all spent in the kernel
-    # (freeing memory costs much more in a process whose threads have run on both cores). The
-    # floor is measured in every round of both groups: each epoch is divided by the floor of its
-    # own round.
+    # Rows that start a second thread (PyTorch, then two BLAS threads) are timed after all the
+    # single-threaded ones, each group in its own rounds: once the process had run a second
+    # thread, the allocation-heavy reference's steps took three times as long here, the extra time
+    # all spent in the kernel (freeing memory costs much more in a process whose threads have run
+    # on both cores). The floor is measured in every round of every group: each epoch is divided
+    # by the floor of its own round.
     configs = {
         name: mlp.RunConfig(layer_sizes=NETWORKS[name], n_train=n_train, n_val=n_val, max_epochs=1)
         for name in args.networks
@@ -419,15 +419,16 @@ def benchmark(args) -> None:
         "mlp_core float64": lambda c: time_mlp_core(c.replace(dtype="float64"), data64, 1)[0],
         "mlp_core float32 (default)": lambda c: time_mlp_core(c, data32, 1)[0],
     }
-    threaded = {}
+    beside_torch = {}
     if use_torch:  # beside mlp_core float32 again: the two compared in the same rounds
-        threaded["mlp_core float32, beside PyTorch"] = lambda c: time_mlp_core(c, data32, 1)[0]
-        threaded["PyTorch eager float32, 1 thread"] = lambda c: time_torch(c, data32, 1)
+        beside_torch["mlp_core float32, beside PyTorch"] = lambda c: time_mlp_core(c, data32, 1)[0]
+        beside_torch["PyTorch eager float32, 1 thread"] = lambda c: time_torch(c, data32, 1)
+    threaded = {}  # last: OpenBLAS's second thread spins for a while after each of its calls
     if two_threads:
         threaded["mlp_core float32, blas_threads=2"] = lambda c: time_mlp_core(c, data32, 2)[0]
     rows = {name: {} for name in configs}
     floors = {name: [] for name in configs}  # of the first group's rounds, for the breakdown
-    for group in (single, threaded):
+    for group in (single, beside_torch, threaded):
         if not group:
             continue
         for name, config in configs.items():
