@@ -341,12 +341,22 @@ def torch_line() -> str:
             f"PyTorch rows skipped: torch is not importable by {sys.executable} (it is not a "
             "dependency of the project; see the module docstring for a throwaway venv)"
         )
+    import importlib.metadata
+
     import torch
 
+    try:
+        installer = importlib.metadata.distribution("torch").read_text("INSTALLER") or ""
+    except importlib.metadata.PackageNotFoundError:
+        installer = ""
+    where = (
+        "the project's .venv" if Path(sys.prefix) == REPO / ".venv" else "a separate environment"
+    )
     return (
-        f"PyTorch {torch.__version__} from {Path(torch.__file__).parent} (not a project "
-        f"dependency: installed only for this measurement), {torch.get_num_threads()} "
-        "threads by default, rows run with torch.set_num_threads(1)"
+        f"PyTorch {torch.__version__}, installed by {installer.strip() or 'an unknown installer'} "
+        f"into {sys.prefix} ({where}; torch is not a dependency of the project, installed only "
+        f"for this measurement); {torch.get_num_threads()} threads by default, its rows run with "
+        "torch.set_num_threads(1)"
     )
 
 
