@@ -8,10 +8,14 @@ train_two_cores() is a copy of mlp_core.train()'s loop in which the validations 
 thread on a snapshot of the weights while the steps go on:
 
 * at a validation step s the training thread copies the weights (and, if recorded, takes the
-  gradient norms of step s) and posts the validation: its chunks of 2,048 images of both splits;
-* a helper thread evaluates the chunks of the posted validation, one at a time;
+  gradient norms of step s) and posts the validation: tasks of TASK_CHUNKS chunks of 2,048
+  images of both splits;
+* a helper thread evaluates the tasks of the posted validation, one at a time (RowsEvaluator:
+  each layer's product chunk by chunk, at evaluate()'s sizes, so with its BLAS kernels and bits;
+  the activations over the whole task; the softmax and loss chunk by chunk as evaluate() does.
+  Few numpy calls per image, so the helper rarely takes the GIL from the training thread);
 * the training thread runs the next steps; at the next validation step (or when the run ends,
-  diverges or is told to stop) it first finishes the validation in flight: it evaluates the chunks
+  diverges or is told to stop) it first finishes the validation in flight: it evaluates the tasks
   the helper has not taken, waits for the helper's last one, and records the validation exactly
   as train() does (the chunks' sums added in chunk order, so the numbers are bit for bit those
   of evaluate()). At most one validation is in flight, so the training thread never runs more
@@ -19,18 +23,21 @@ thread on a snapshot of the weights while the steps go on:
 * if the recorded validation stops the run (early stopping, divergence), the run returns to step
   s: the snapshot's weights, the batch losses up to step s, the epochs up to s's. That is where
   train() stopped, with the same History;
-* the final metrics are evaluated by both threads, chunk by chunk, in the same order.
+* the final metrics are evaluated by both threads, task by task, summed in the same order.
 
 So the History (every list, number and string but the clock times) and the final weights are
 bit-identical to train()'s: the script checks that on short runs (early stopping, divergence,
 momentum, gradient norms, float64) and on the protocol epoch, and times one protocol epoch of
 [64] both ways (float32, one BLAS thread per thread), interleaved, medians over the rounds, and
-gives the ratio two-thread / one-thread of each round (issue 16's target: at most 0.7).
+gives the ratio two-thread / one-thread of each round (issue 16's target: at most 0.7), over all
+rounds and over the rounds in which other processes left both cores free (from /proc/stat).
 
 Each thread's products run on one BLAS thread (the limit is per process), and numpy releases the
 GIL in its products and large ufunc loops, so the two threads overlap. Not handled here (a
 prototype): a callback sees the History when a validation is recorded, one interval late; Ctrl-C
-drops the validation in flight.
+drops the validation in flight; no progress bar. Works with the mlp_core.py of 3546f01, of b36cba4
+and with the proposal in /tmp/bench-proposal (its internals: Workspace, SGD, _softmax_nll,
+_diverged, _blas_threads, MLP._forward/_backward/_f).
 """
 
 from __future__ import annotations
