@@ -171,3 +171,25 @@ def test_two_core_prototype_trains_bit_identically(mnist_path):
     assert len(compared) >= 8 and all(line.startswith("same ") for line in compared)
     assert any("early_stopping" in line for line in compared)
     assert any("diverged" in line for line in compared)
+
+
+@pytest.mark.skipif(
+    not has_commit(BEFORE_REWRITE), reason=f"commit {BEFORE_REWRITE} is not in this clone"
+)
+def test_bench_times_a_given_core_file_against_a_commit(mnist_path):
+    core = str(REPO / "mlp_core.py")
+    done = bench("--quick", "--core", core, "--against", BEFORE_REWRITE, "--repeats", "1")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert f"today's mlp_core: {core}" in out
+    for text in (f"{BEFORE_REWRITE} × floor", "today × floor"):
+        assert text in out
+    rows = [line for line in out.splitlines() if line.startswith(("[64] ", "[128] ", "10 x [64] "))]
+    assert len(rows) == 3 and all(row.endswith("bit-identical") for row in rows)
+
+
+def test_bench_with_a_missing_core_file_says_so():
+    done = bench("--quick", "--core", "/no/such/mlp_core.py")
+    assert done.returncode == 2
+    assert "--core '/no/such/mlp_core.py': no such file" in done.stderr
+    assert "Traceback" not in done.stderr
