@@ -11,10 +11,13 @@ tables, stored runs, settings (mlp_report, mlp_plots, mlp_runs).
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import functools
 import math
 import numbers
+import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -230,21 +233,28 @@ ACTIVATIONS: dict[str, tuple[Callable, Callable]] = {
 INITIALISATIONS = ("uniform", "fan_in")
 
 
-def _softmax_nll(z: np.ndarray, labels: np.ndarray | None = None, axis: int = 1):
+def _softmax_nll(
+    z: np.ndarray,
+    labels: np.ndarray | None = None,
+    axis: int = 1,
+    probabilities: bool = True,
+):
     """Softmax of the logits z (classes along `axis`) and, given labels, each example's
     cross-entropy -log softmax(z)_y in float64: the one log-sum-exp of this module.
 
     z is shifted by its maximum, so exp never overflows, and the loss
     log sum_k exp(z_k - max) - (z_y - max) never takes log 0. (Evaluation passes z transposed:
-    numpy reduces along long contiguous rows far faster than over many short ones.)"""
+    numpy reduces along long contiguous rows far faster than over many short ones; it needs only
+    the loss, so it asks for no probabilities and gets None for them.)"""
     shifted = z - z.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
     total = e.sum(axis=axis, keepdims=True)
+    y_hat = e / total if probabilities else None
     if labels is None:
-        return e / total, None
+        return y_hat, None
     rows = np.arange(len(labels))
     picked = shifted[rows, labels] if axis == 1 else shifted[labels, rows]
-    return e / total, np.log(total.ravel(), dtype=np.float64) - picked
+    return y_hat, np.log(total.ravel(), dtype=np.float64) - picked
 
 
 def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -277,7 +287,8 @@ class Workspace:
     """The arrays a pass over up to `rows` examples writes into, allocated once per run.
 
     outputs[l] is the output of W[l] (f(z), or the logits z_L last), deltas[l] = dC/dz there,
-    slopes[l] = f'(z) of hidden layer l, grads[l] = dC/dW[l]; x is the last forward pass's input."""
+    slopes[l] = f'(z) of hidden layer l, grads[l] = dC/dW[l]; x is the last forward pass's input;
+    logits_t holds an evaluation chunk's logits transposed (classes along rows)."""
 
     def __init__(self, model: MLP, rows: int):
         self.rows = rows
@@ -286,6 +297,7 @@ class Workspace:
         self.deltas = [np.empty((rows, s), model.dtype) for s in model.layer_sizes]
         self.slopes = [np.empty((rows, s), model.dtype) for s in model.layer_sizes[:-1]]
         self.grads = [np.empty_like(w) for w in model.weights]
+        self.logits_t = np.empty((model.layer_sizes[-1], rows), model.dtype)
 
 
 class MLP:
@@ -429,11 +441,52 @@ def evaluate(
     for start in range(0, n, ws.rows):
         if should_stop is not None and should_stop():
             raise StopRequested
-        labels = split.labels[start : start + ws.rows]
-        logits_t = model._forward(X[start : start + ws.rows], ws).T.copy()  # (10, chunk)
-        correct += int(np.count_nonzero(logits_t.argmax(axis=0) == labels))
-        loss_sum += float(_softmax_nll(logits_t, labels, axis=0)[1].sum())
+        stop = start + ws.rows
+        chunk_loss, chunk_correct = _evaluate_chunk(
+            model, X[start:stop], split.labels[start:stop], ws
+        )
+        loss_sum += chunk_loss
+        correct += chunk_correct
     return loss_sum / n, correct / n
+
+
+EVAL_BLOCK = 512  # images per first-layer product in an evaluation chunk (sized for the cache)
+
+
+def _row_blocks(n: int, rows: int) -> Iterable[tuple[int, int]]:
+    """[0, n) cut into equal blocks of at most `rows`, none under rows / 2 unless n is.
+
+    A BLAS takes another kernel for small products, which may sum in another order: blocks of at
+    least half of EVAL_BLOCK keep the first layer's product on the kernel a whole chunk takes."""
+    parts = -(-n // rows)
+    edges = [n * i // parts for i in range(parts + 1)]
+    return zip(edges[:-1], edges[1:])
+
+
+def _evaluate_chunk(
+    model: MLP, X: np.ndarray, labels: np.ndarray, ws: Workspace
+) -> tuple[float, int]:
+    """Summed cross-entropy and number of correct predictions on up to ws.rows images.
+
+    The first layer's product and activation go block by block (EVAL_BLOCK images: a block's
+    inputs are read once, its outputs stay in the cache); the later layers, the accuracy and the
+    loss go over the whole chunk, as one forward pass would compute them, bit for bit."""
+    size = len(X)
+    last = len(model.weights) - 1
+    a = ws.outputs[0][:size]  # the first layer's output
+    for lo, hi in _row_blocks(size, EVAL_BLOCK):
+        block = np.matmul(X[lo:hi], model.weights[0], out=a[lo:hi])
+        if last > 0:
+            model._f(block, out=block)
+    for l in range(1, last + 1):  # the later layers over the whole chunk
+        z = np.matmul(a, model.weights[l], out=ws.outputs[l][:size])
+        a = z if l == last else model._f(z, out=z)
+    logits = a
+    correct = int(np.count_nonzero(logits.argmax(axis=1) == labels))
+    logits_t = ws.logits_t[:, :size]
+    np.copyto(logits_t, logits.T)
+    nll = _softmax_nll(logits_t, labels, axis=0, probabilities=False)[1]
+    return float(nll.sum()), correct
 
 
 # ==== Optimiser ===================================================================================
@@ -641,6 +694,7 @@ def train(
     callback: Callable[[History], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     blas_threads: int | None = 1,
+    second_core: bool | None = None,
 ) -> History:
     """Train with the assignment's protocol and return the History.
 
@@ -650,7 +704,12 @@ def train(
     `callback(history)` runs after each validation. `should_stop()` is asked after every step and
     between the chunks of an evaluation, and ends the run ("stopped"); Ctrl-C returns the history
     so far ("interrupted"). A stopped or interrupted run has no final metrics (NaN): its last
-    validation says where it got."""
+    validation says where it got.
+
+    `second_core`: validate on a second thread while the steps go on (the History and weights
+    are the same, bit for bit). The default (None) does so where the machine has a core to
+    spare and evaluations use one BLAS thread; worker pools, which train one run per core,
+    pass False."""
     from tqdm.auto import tqdm
 
     data = data or prepare_data(config.n_train, config.dtype, config.n_val)
@@ -661,6 +720,11 @@ def train(
     if config.record_grad_norms:  # at the start, on the first 1,000 training images
         grads = model.backward(model.forward(train_set.X[:1000]), train_set.Y[:1000])
         hist.init_grad_norms = [float(np.linalg.norm(g)) for g in grads]
+    if second_core is None:
+        second_core = len(os.sched_getaffinity(0)) > 1 and blas_threads == 1
+    kind = _SecondCoreValidations if second_core else _Validations
+    rows = min(evaluation_rows(model), max(config.n_train, config.n_val))
+    validations = kind(model, hist, (train_set, val_set), rows, should_stop, blas_threads)
     bar = tqdm(
         total=config.max_epochs * config.steps_per_epoch,
         unit="step",
@@ -668,100 +732,119 @@ def train(
         disable=not progress,
         mininterval=0.5,
     )
+    final = None  # the whole-set metrics of the final weights
     try:
         with _blas_threads(1 if blas_threads else None):
             with np.errstate(over="ignore", invalid="ignore"):
-                _train_epochs(
-                    model, hist, train_set, val_set, bar, callback, should_stop, blas_threads
-                )
+                _train_epochs(model, hist, train_set, validations, bar, callback, should_stop)
+                if hist.stop_reason == "running":
+                    hist.stop_reason = "max_epochs"
+                finite = all(np.isfinite(w).all() for w in model.weights)
+                if finite and hist.stop_reason in COMPLETED + ("diverged",):
+                    final = validations.measure()
     except KeyboardInterrupt:
         hist.stop_reason = "interrupted"
+        final = None
     except StopRequested:
         hist.stop_reason = "stopped"
     finally:
+        validations.close()
         bar.update(hist.steps - bar.n)
         bar.close()
-    if hist.stop_reason == "running":
-        hist.stop_reason = "max_epochs"
     hist.weights = [w.copy() for w in model.weights]
     hist.final = dict.fromkeys(("train_loss", "train_acc", "val_loss", "val_acc"), math.nan)
-    finite = all(np.isfinite(w).all() for w in model.weights)
-    if finite and hist.stop_reason in COMPLETED + ("diverged",):
-        with _blas_threads(blas_threads):
-            hist.final["train_loss"], hist.final["train_acc"] = evaluate(model, train_set)
-            hist.final["val_loss"], hist.final["val_acc"] = evaluate(model, val_set)
+    if final is not None:
+        hist.final["train_loss"], hist.final["train_acc"] = final[0]
+        hist.final["val_loss"], hist.final["val_acc"] = final[1]
     if hist.completed and not hist.final["val_loss"] <= DIVERGED_LOSS:
         _diverged(hist, hist.steps, hist.final["val_loss"])
     return hist
 
 
-def _train_epochs(model, hist, train_set, val_set, bar, callback, should_stop, blas_threads):
+def _train_epochs(model, hist, train_set, validations, bar, callback, should_stop):
     """The epochs of train(): steps, and a validation every validation_interval steps."""
     config = hist.config
     batch_size = config.batch_size
     shuffling = _seed_streams(config.seed)[1]
     optimiser = SGD(config.learning_rate, config.momentum)
     step_buffers = Workspace(model, batch_size)
-    eval_rows = min(evaluation_rows(model), max(config.n_train, config.n_val))
-    eval_buffers = Workspace(model, eval_rows)
     batch = np.empty((batch_size, model.input_size), model.dtype)  # the images of one step
     targets = np.empty_like(train_set.Y)  # one-hot targets, in this epoch's order
     labels = np.empty_like(train_set.labels)  # the same, as integers
+    shown = 0  # validations shown to the progress bar and the callback
+
+    def show_validations() -> None:
+        nonlocal shown
+        if len(hist.val_steps) > shown:
+            shown = len(hist.val_steps)
+            val_loss = f"{hist.val_loss[-1]:.4f}"
+            val_acc = f"{hist.val_acc[-1]:.4f}"
+            bar.set_postfix(val_loss=val_loss, val_acc=val_acc, refresh=False)
+            bar.update(hist.steps - bar.n)
+            if callback is not None:
+                callback(hist)
+
     for _epoch in range(config.max_epochs):
         t_epoch = time.perf_counter()
-        t_validating = 0.0
+        validations.seconds = 0.0
         order = shuffling.permutation(config.n_train)
         # Targets are reordered once per epoch, images batch by batch: each image is then read
-        # once, and is still in the cache when the backward pass needs it again.
-        np.take(train_set.Y, order, axis=0, out=targets)
-        np.take(train_set.labels, order, axis=0, out=labels)
+        # once, and is still in the cache when the backward pass needs it again. mode="clip":
+        # given `out`, np.take's default mode="raise" copies through a buffer; a permutation's
+        # indices are always in range.
+        np.take(train_set.Y, order, axis=0, out=targets, mode="clip")
+        np.take(train_set.labels, order, axis=0, out=labels, mode="clip")
         for k in range(config.steps_per_epoch):
             step = hist.steps
             rows = slice(k * batch_size, (k + 1) * batch_size)
-            np.take(train_set.X, order[rows], axis=0, out=batch)
+            np.take(train_set.X, order[rows], axis=0, out=batch, mode="clip")
             logits = model._forward(batch, step_buffers)
             y_hat, losses = _softmax_nll(logits, labels[rows])
             hist.train_loss.append(float(losses.sum()) / batch_size)
             if not math.isfinite(hist.train_loss[-1]):
-                _diverged(hist, step, hist.train_loss[-1])
+                validations.settle()  # a validation before this step may have ended the run
+                if hist.stop_reason == "running":
+                    _diverged(hist, step, hist.train_loss[-1])
                 break
             grads = model._backward(step_buffers, y_hat, targets[rows])
             optimiser.step(model.weights, grads)
             if step % config.validation_interval == 0:
-                t0 = time.perf_counter()
-                with _blas_threads(blas_threads):
-                    splits = (train_set, val_set)
-                    _validate(model, hist, step, splits, eval_buffers, grads, should_stop)
-                t_validating += time.perf_counter() - t0
-                val_loss = f"{hist.val_loss[-1]:.4f}"
-                val_acc = f"{hist.val_acc[-1]:.4f}"
-                bar.set_postfix(val_loss=val_loss, val_acc=val_acc, refresh=False)
-                bar.update(step + 1 - bar.n)
-                if callback is not None:
-                    callback(hist)
+                validations.settle()
+                if hist.stop_reason == "running":
+                    validations.start(step, grads)
+                show_validations()
             if hist.stop_reason == "running" and should_stop is not None and should_stop():
-                hist.stop_reason = "stopped"
+                with contextlib.suppress(StopRequested):  # a validation done may end it first
+                    validations.settle()
+                show_validations()
+                if hist.stop_reason == "running":
+                    hist.stop_reason = "stopped"
             if hist.stop_reason != "running":
                 break
+        if hist.stop_reason == "running" and _epoch == config.max_epochs - 1:
+            validations.settle()  # the last validation may stop the run at its step
+            show_validations()
         hist.epoch_times.append(time.perf_counter() - t_epoch)
-        hist.step_times.append(hist.epoch_times[-1] - t_validating)
+        hist.step_times.append(hist.epoch_times[-1] - validations.seconds)
         if hist.stop_reason != "running":
-            return
+            break
+    epochs = hist.steps // config.steps_per_epoch + (hist.steps % config.steps_per_epoch > 0)
+    del hist.epoch_times[epochs:]  # a run taken back to a validation's step ends in its epoch
+    del hist.step_times[epochs:]
 
 
-def _validate(model, hist, step, splits, ws, grads, should_stop) -> None:
-    """Record the whole-set metrics (and this step's gradient norms); stop by divergence or
-    patience."""
+def _record(hist: History, step: int, metrics, grad_norms) -> None:
+    """Record a validation: the whole-set metrics (and this step's gradient norms); stop by
+    divergence or patience."""
     config = hist.config
-    train_loss, train_acc = evaluate(model, splits[0], ws, should_stop)
-    val_loss, val_acc = evaluate(model, splits[1], ws, should_stop)
+    (train_loss, train_acc), (val_loss, val_acc) = metrics
     hist.val_steps.append(step)
     hist.train_loss_full.append(train_loss)
     hist.train_acc.append(train_acc)
     hist.val_loss.append(val_loss)
     hist.val_acc.append(val_acc)
-    if config.record_grad_norms:
-        hist.grad_norms.append([float(np.linalg.norm(g)) for g in grads])
+    if grad_norms is not None:
+        hist.grad_norms.append(grad_norms)
     if val_loss < hist.best_val_loss:
         hist.best_val_loss = val_loss
         hist.best_step = step
@@ -770,6 +853,161 @@ def _validate(model, hist, step, splits, ws, grads, should_stop) -> None:
         _diverged(hist, step, val_loss)
     elif validations_since_best >= config.patience:
         hist.stop_reason = "early_stopping"
+
+
+class _Validations:
+    """The validations of a run, in the training thread: each measured and recorded at once."""
+
+    def __init__(self, model, hist, splits, rows, should_stop, blas_threads):
+        self.model = model
+        self.hist = hist
+        self.splits = splits
+        self.ws = Workspace(model, rows)
+        self.should_stop = should_stop
+        self.blas_threads = blas_threads
+        self.seconds = 0.0  # spent validating in the training thread, this epoch
+
+    def start(self, step: int, grads: list[np.ndarray]) -> None:
+        """Validate the weights as they are after step `step`, whose gradients are `grads`."""
+        t0 = time.perf_counter()
+        norms = (
+            [float(np.linalg.norm(g)) for g in grads]
+            if self.hist.config.record_grad_norms
+            else None
+        )
+        _record(self.hist, step, self.measure(), norms)
+        self.seconds += time.perf_counter() - t0
+
+    def measure(self) -> list[tuple[float, float]]:
+        """(loss, accuracy) of the model on each split, now."""
+        with _blas_threads(self.blas_threads):
+            return [evaluate(self.model, s, self.ws, self.should_stop) for s in self.splits]
+
+    def settle(self) -> None:
+        """Record the validations started so far: here, each is recorded when started."""
+
+    def close(self) -> None:
+        pass
+
+
+class _SecondCoreValidations(_Validations):
+    """The validations of a run on a second thread, on a snapshot of the weights, while the
+    training thread goes on with the steps.
+
+    start() copies the weights and posts the chunks evaluate() takes of both splits; a helper
+    thread works through them. settle(), at the next validation step or at the end, takes the
+    chunks left in the training thread as well, waits for the helper's last one, adds the
+    chunks up in evaluate()'s order (the same numbers, bit for bit) and records the
+    validation. If it ends the run (early stopping, divergence), the run goes back to that
+    validation's step: its weights and batch losses, where the serial path would have stopped.
+    One validation is in flight at a time, so the steps are at most one interval ahead."""
+
+    def __init__(self, model, hist, splits, rows, should_stop, blas_threads):
+        super().__init__(model, hist, splits, rows, should_stop, blas_threads)
+        self.snapshot = copy.copy(model)  # the network of the validation in flight
+        self.snapshot.weights = [w.copy() for w in model.weights]
+        self.helper_ws = Workspace(model, rows)
+        self.chunks = [(i, start) for i, s in enumerate(splits) for start in range(0, len(s), rows)]
+        self.todo: list[tuple[int, int]] = []  # chunks not taken yet
+        self.results: dict[tuple[int, int], tuple[float, int]] = {}
+        self.busy = 0  # chunks the helper is evaluating
+        self.posted: tuple[int, list[float] | None] | None = None  # (step, its gradient norms)
+        self.failure: BaseException | None = None
+        self.closing = False
+        self.lock = threading.Condition()
+        self.helper = threading.Thread(target=self._help, name="validations", daemon=True)
+        self.helper.start()
+
+    def start(self, step: int, grads: list[np.ndarray]) -> None:
+        config = self.hist.config
+        norms = [float(np.linalg.norm(g)) for g in grads] if config.record_grad_norms else None
+        self._post()
+        self.posted = (step, norms)
+
+    def _post(self) -> None:
+        for kept, w in zip(self.snapshot.weights, self.model.weights):
+            np.copyto(kept, w)
+        with self.lock:
+            self.results = {}
+            self.todo = list(self.chunks)
+            self.lock.notify_all()
+
+    def _evaluate(self, chunk: tuple[int, int], ws: Workspace) -> tuple[float, int]:
+        split = self.splits[chunk[0]]
+        rows = slice(chunk[1], chunk[1] + ws.rows)
+        return _evaluate_chunk(self.snapshot, split.X[rows], split.labels[rows], ws)
+
+    def _help(self) -> None:
+        """The helper thread: evaluate posted chunks until the run ends."""
+        while True:
+            with self.lock:
+                while not self.todo and not self.closing:
+                    self.lock.wait()
+                if self.closing:
+                    return
+                chunk = self.todo.pop(0)
+                self.busy += 1
+            try:
+                result = self._evaluate(chunk, self.helper_ws)
+            except BaseException as exc:  # handed to the training thread
+                self.failure = exc
+                result = None
+            with self.lock:
+                self.results[chunk] = result
+                self.busy -= 1
+                self.lock.notify_all()
+
+    def _collect(self) -> list[tuple[float, float]]:
+        """Evaluate the chunks left here too, wait for the helper's, add them up in order."""
+        t0 = time.perf_counter()
+        while True:
+            with self.lock:
+                if not self.todo and not self.busy:
+                    break
+                if not self.todo:
+                    self.lock.wait()
+                    continue
+                chunk = self.todo.pop(0)
+            if self.should_stop is not None and self.should_stop():
+                raise StopRequested
+            result = self._evaluate(chunk, self.ws)
+            with self.lock:
+                self.results[chunk] = result
+        if self.failure is not None:
+            raise self.failure
+        metrics = []
+        for i, split in enumerate(self.splits):
+            loss_sum = 0.0
+            correct = 0
+            for start in range(0, len(split), self.ws.rows):
+                chunk_loss, chunk_correct = self.results[(i, start)]
+                loss_sum += chunk_loss
+                correct += chunk_correct
+            metrics.append((loss_sum / len(split), correct / len(split)))
+        self.seconds += time.perf_counter() - t0
+        return metrics
+
+    def settle(self) -> None:
+        if self.posted is None:
+            return
+        step, norms = self.posted
+        self.posted = None
+        _record(self.hist, step, self._collect(), norms)
+        if self.hist.stop_reason != "running":  # the run ends at that step: go back there
+            for w, kept in zip(self.model.weights, self.snapshot.weights):
+                np.copyto(w, kept)
+            del self.hist.train_loss[step + 1 :]
+
+    def measure(self) -> list[tuple[float, float]]:
+        self._post()
+        return self._collect()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closing = True
+            self.todo = []
+            self.lock.notify_all()
+        self.helper.join()
 
 
 def _diverged(hist: History, step: int, loss: float) -> None:

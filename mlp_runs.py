@@ -744,7 +744,7 @@ def _train_in_worker(config: mlp.RunConfig, index: int) -> mlp.History:
         _WORKER_STEPS[2 * index + 1] = hist.best_step
         _WORKER_STEPS[2 * index] = hist.steps
 
-    return _train_quietly(config, callback=report)
+    return _train_quietly(config, callback=report, second_core=False)  # a run on every core
 
 
 @contextlib.contextmanager
@@ -858,7 +858,8 @@ def _train_on_dask_worker(config: mlp.RunConfig, index: int, token: str):
         task = worker.state.tasks.get(key)
         return task is None or task.state == "cancelled"
 
-    hist = _train_quietly(config, callback=report, should_stop=cancelled)
+    # the cluster runs one task per worker thread: the serial path
+    hist = _train_quietly(config, callback=report, should_stop=cancelled, second_core=False)
     return hist, code_digest()
 
 

@@ -73,6 +73,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import linecache
+import math
 import os
 import platform
 import resource
@@ -128,33 +129,46 @@ def time_mlp_core(
     data: mlp.Dataset,
     blas_threads: int,
     core: types.ModuleType | None = None,
+    second_core: bool = False,
 ) -> tuple[Timing, mlp.History]:
     """One protocol epoch of `core`.train (default today's mlp_core; or an earlier one, see
     load_core_at, and `config` must then be its RunConfig). Its validations are timed by wrapping
-    core._validate, which train() looks up at every call; the steps' time is the epoch's minus
-    theirs."""
+    what measures them (core._Validations.measure, or core._validate in earlier cores); the
+    steps' time is the epoch's minus theirs. `second_core`: validate on a second thread (cores
+    that have it); the validations' time is then what the training thread spent on them."""
     core = core or mlp
     times = []
-    original = core._validate
+    serial = getattr(core, "_Validations", None)
+    owner, name = (serial, "measure") if serial is not None else (core, "_validate")
+    original = getattr(owner, name)
 
-    def timed(*args):
+    def timed(*args, **kwargs):
         t0 = time.perf_counter()
-        original(*args)
+        result = original(*args, **kwargs)
         times.append(time.perf_counter() - t0)
+        return result
 
-    core._validate = timed
+    setattr(owner, name, timed)
+    options = {"second_core": second_core} if serial is not None else {}
     sys0 = _system_time()
     try:
         hist = core.train(
-            config.replace(max_epochs=1), data, progress=False, blas_threads=blas_threads
+            config.replace(max_epochs=1),
+            data,
+            progress=False,
+            blas_threads=blas_threads,
+            **options,
         )
     finally:
-        core._validate = original
+        setattr(owner, name, original)
     epoch = hist.epoch_times[0]
+    if second_core:
+        times = [epoch - hist.step_times[0]]
+    validations = times[:-1] if serial is not None and not second_core else times  # not the final
     return Timing(
         epoch,
-        statistics.median(times),
-        (epoch - sum(times)) / config.steps_per_epoch,
+        statistics.median(validations) if validations else math.nan,
+        (epoch - sum(validations)) / config.steps_per_epoch,
         _system_time() - sys0,
     ), hist
 
@@ -436,6 +450,9 @@ def benchmark(args) -> None:
     threaded = {}  # last: OpenBLAS's second thread spins for a while after each of its calls
     if two_threads:
         threaded["mlp_core float32, blas_threads=2"] = lambda c: time_mlp_core(c, data32, 2)[0]
+        threaded["mlp_core float32, second core"] = lambda c: time_mlp_core(
+            c, data32, 1, second_core=True
+        )[0]
     rows = {name: {} for name in configs}
     floors = {name: [] for name in configs}  # of the first group's rounds, for the breakdown
     for group in (single, beside_torch, threaded):

@@ -155,27 +155,6 @@ def test_bench_against_an_unknown_commit_says_so():
     assert "Traceback" not in done.stderr
 
 
-def test_two_core_prototype_trains_bit_identically(mnist_path):
-    """bench/two_cores.py: validations on a second thread, the same History and weights."""
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "two_cores.py"), "--quick", "--check-only"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[-1] == "all bit-identical"
-    compared = [line for line in lines if line.startswith(("same ", "DIFFER"))]
-    assert len(compared) >= 8 and all(line.startswith("same ") for line in compared)
-    assert any("early_stopping" in line for line in compared)
-    assert any("diverged" in line for line in compared)
-
-
-@pytest.mark.skipif(
-    not has_commit(BEFORE_REWRITE), reason=f"commit {BEFORE_REWRITE} is not in this clone"
-)
 def test_bench_times_a_given_core_file_against_a_commit(mnist_path):
     core = str(REPO / "mlp_core.py")
     done = bench("--quick", "--core", core, "--against", BEFORE_REWRITE, "--repeats", "1")

@@ -1,6 +1,8 @@
 """The trainer: the protocol's cadence, early stopping, determinism, failure handling, records."""
 
+import dataclasses
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -45,7 +47,8 @@ def test_learning_happens(small_data):
 
 
 def scripted_validation(monkeypatch, losses):
-    """Replace the evaluation of the validation set by a scripted sequence of validation losses."""
+    """Replace the evaluation of the validation set by a scripted sequence of validation losses
+    (in the serial path, which calls evaluate(); the second-core path is tied to it below)."""
     values, real = iter(losses), mlp.evaluate
 
     def fake(model, split, ws=None, should_stop=None):
@@ -61,7 +64,7 @@ def test_early_stopping_after_exactly_patience_validations(monkeypatch, small_da
     losses = [2.0 - 0.1 * i for i in range(10)] + [1.1, 1.5, 1.2] * 30
     scripted_validation(monkeypatch, losses)
     cfg = mlp.RunConfig(n_train=640, n_val=500, max_epochs=50)
-    h = mlp.train(cfg, small_data, progress=False)
+    h = mlp.train(cfg, small_data, progress=False, second_core=False)
     assert h.stop_reason == "early_stopping"
     assert len(h.val_loss) == 10 + 50  # stopped right after the 50th non-improvement
     assert h.best_val_loss == pytest.approx(1.1) and h.best_step == 9 * 4
@@ -71,7 +74,8 @@ def test_early_stopping_after_exactly_patience_validations(monkeypatch, small_da
 def test_an_improvement_resets_the_count(monkeypatch, small_data):
     losses = [1.0] + [2.0] * 49 + [0.5] + [3.0] * 50
     scripted_validation(monkeypatch, losses)
-    h = mlp.train(mlp.RunConfig(n_train=640, n_val=500, max_epochs=50), small_data, progress=False)
+    config = mlp.RunConfig(n_train=640, n_val=500, max_epochs=50)
+    h = mlp.train(config, small_data, progress=False, second_core=False)
     assert h.stop_reason == "early_stopping" and len(h.val_loss) == 101 and h.best_step == 50 * 4
 
 
@@ -165,7 +169,8 @@ def test_interrupt_returns_the_history_so_far(small_data):
         if len(hist.val_loss) == 3:
             raise KeyboardInterrupt
 
-    h = mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False, callback=interrupt)
+    config = mlp.RunConfig(**QUICK)
+    h = mlp.train(config, small_data, progress=False, callback=interrupt, second_core=False)
     assert h.stop_reason == "interrupted" and len(h.val_loss) == 3 and h.steps == 9
     # an unfinished run has no final metrics (they would take a whole evaluation); its last
     # validation says where it got
@@ -206,7 +211,13 @@ def test_stop_is_honoured_inside_an_evaluation(small_data):
         return len(calls) == 2  # the first call comes before the first chunk of step 0's check
 
     config = mlp.RunConfig(**QUICK)
-    h = mlp.train(config, small_data, progress=False, should_stop=stop_in_the_first_validation)
+    h = mlp.train(
+        config,
+        small_data,
+        progress=False,
+        should_stop=stop_in_the_first_validation,
+        second_core=False,
+    )
     assert h.stop_reason == "stopped" and h.steps == 1 and h.val_loss == []
 
 
@@ -227,8 +238,26 @@ def test_should_stop_and_callback(small_data):
         progress=False,
         callback=lambda hist: seen.append(len(hist.val_loss)),
         should_stop=lambda: len(seen) >= 2,
+        second_core=False,
     )
     assert h.stop_reason == "stopped" and seen == [1, 2] and h.steps == 5
+
+
+def test_on_the_second_core_the_callback_sees_every_validation_one_interval_late(small_data):
+    """A validation is recorded when the next one is due (the steps go on meanwhile): the
+    callback still sees every validation once and in order, a Stop still ends the run."""
+    seen = []
+    h = mlp.train(
+        mlp.RunConfig(**QUICK),
+        small_data,
+        progress=False,
+        callback=lambda hist: seen.append((len(hist.val_loss), hist.steps)),
+        should_stop=lambda: len(seen) >= 2,
+        second_core=True,
+    )
+    assert h.stop_reason == "stopped" and [n for n, _ in seen] == [1, 2]
+    assert [steps for _, steps in seen] == [5, 9]  # validation 0 at step 4, 4 at step 8
+    assert h.val_steps == [0, 4] and h.steps == 9
 
 
 def test_gradient_norms_are_recorded(small_data):
@@ -248,3 +277,70 @@ def test_initial_model_is_where_training_starts(small_data):
     assert h.steps == 1  # one update of lr * gradient away from the initial weights
     moved = [np.abs(w1 - w0).max() for w0, w1 in zip(start.weights, h.weights)]
     assert 0 < max(moved) < 0.1
+
+
+CLOCKS = ("epoch_times", "step_times")  # the only fields that may differ between the two paths
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(n_train=640, n_val=500, max_epochs=3),
+        dict(n_train=640, n_val=500, max_epochs=40, patience=3),  # early stopping mid-epoch
+        dict(n_train=640, n_val=500, max_epochs=3, learning_rate=40.0),  # divergence
+        dict(n_train=2050, n_val=2049, max_epochs=2, dtype="float64", layer_sizes=(16, 8, 10)),
+        dict(
+            n_train=640,
+            n_val=500,
+            max_epochs=4,
+            activation="improved_sigmoid",
+            init="fan_in",
+            momentum=0.9,
+            learning_rate=0.02,
+            record_grad_norms=True,
+        ),
+    ],
+    ids=["plain", "early-stopping", "diverged", "float64-tails", "tricks-grad-norms"],
+)
+def test_the_second_core_gives_the_serial_history_bit_for_bit(settings, mnist_path):
+    """Validating on a second thread while the steps go on changes nothing but the clock: every
+    recorded list, the stop, the final metrics and the weights are those of the serial path,
+    also when a validation stops the run (the steps already taken beyond it are taken back)."""
+    config = mlp.RunConfig(**settings)
+    data = mlp.prepare_data(2050, config.dtype, 2049)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the divergence warning
+        serial = mlp.train(config, data, progress=False, second_core=False)
+        overlapped = mlp.train(config, data, progress=False, second_core=True)
+    for field in dataclasses.fields(mlp.History):
+        if field.name in CLOCKS + ("weights",):
+            continue
+        a, b = getattr(serial, field.name), getattr(overlapped, field.name)
+        assert np.array_equal(np.asarray(a, dtype=object), np.asarray(b, dtype=object)) or a == b, (
+            field.name
+        )
+    assert len(serial.epoch_times) == len(overlapped.epoch_times)
+    for a, b in zip(serial.weights, overlapped.weights):
+        assert np.array_equal(a, b, equal_nan=True)
+    if settings.get("patience") == 3:
+        assert serial.stop_reason == "early_stopping" and serial.steps % 20 != 0
+
+
+def test_the_second_core_is_the_default_of_a_run_alone(small_data, monkeypatch):
+    """With two cores and one BLAS thread a run validates on the second core; worker pools pass
+    second_core=False; with one core, or several BLAS threads, the serial path is taken."""
+    seen = []
+    original = mlp._SecondCoreValidations.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(True)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(mlp._SecondCoreValidations, "__init__", spy)
+    monkeypatch.setattr(mlp.os, "sched_getaffinity", lambda pid: {0, 1})
+    mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False)
+    assert seen == [True]
+    mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False, blas_threads=2)
+    monkeypatch.setattr(mlp.os, "sched_getaffinity", lambda pid: {0})
+    mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False)
+    assert seen == [True]
