@@ -306,14 +306,6 @@ def test_equal_width_for_budget():
         rep.equal_width_for_budget(0)
 
 
-def test_module_sizes():
-    """The ML core stays small enough to read in one sitting (counted as ruff formats it)."""
-    from pathlib import Path
-
-    root = Path(mlp.__file__).parent
-    assert len((root / "mlp_core.py").read_text().splitlines()) <= 900
-
-
 def test_pair_claims_are_worded_from_the_metric_table(displayed):
     claims = rep.claims("3a", "the baseline", lower=["val_loss"], same=[rep.steps_to(0.9)])
     assert claims == {
