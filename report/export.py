@@ -150,7 +150,7 @@ def merge(notebooks: dict[str, object], build_note: str, provenance: str):
                 f"naming a task whose section heading (## Task 2c ...) exists"
             )
         task = found.group(1)
-        text = " ".join(source[found.end() :].split())
+        text = re.sub(r"[ \t\n]+", " ", source[found.end() :]).strip()  # non-breaking spaces stay
         lines.append(f"- [**{task}**](#{_anchor(task)}) {text}")
     front = "## Answers at a glance\n\n" + "\n".join(lines)
     merged.cells.append(nbformat.v4.new_markdown_cell(front, id="answers"))
@@ -372,6 +372,8 @@ def export_pdf(nb, target: Path, tex_copy: Path) -> None:
                 + fragment.strip()
                 + "\n\\end{minipage}\\par"
             )
+        if re.match(r"#\s+Task \d", source):  # every task's section starts on a new page
+            fragment = "\\clearpage\n" + fragment
         if out is None:
             index = nb.cells.index(cell)
             nb.cells[index] = nbformat.v4.new_raw_cell(
