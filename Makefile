@@ -36,6 +36,13 @@ REPORT_ENV := $(if $(STRICT),MLP_STRICT="$(STRICT)") $(if $(FRESH),MLP_FRESH="$(
 # fallback); EXPLORE_PORT picks the port, VOILA_OPTIONS adds Voila options (e.g. --debug).
 EXPLORE_PORT ?= 8866
 VOILA_OPTIONS ?=
+# JupyterLab's server: lab/jupyter_lab_config.py holds its settings, each with its reason (notebooks
+# open unmodified and are saved without outputs, no news pop-up, 127.0.0.1, also as root); its
+# user settings and workspaces go to $(JUPYTER_CONFIG_DIR)/lab. LAB_PORT picks the port,
+# LAB_OPTIONS adds JupyterLab options (e.g. --debug).
+LAB_CONFIG := $(CURDIR)/lab/jupyter_lab_config.py
+LAB_PORT ?= 8888
+LAB_OPTIONS ?=
 
 .PHONY: report test smoke-report venv data system-deps explore lab bench clean
 
@@ -75,8 +82,8 @@ data: venv
 explore: venv data  ## the interactive explorer in Voila (http://127.0.0.1:8866)
 	$(PY) explorer/serve.py --port=$(EXPLORE_PORT) $(VOILA_OPTIONS)
 
-lab: venv data  ## JupyterLab on the notebooks (also as root)
-	$(VENV)/bin/jupyter lab --no-browser --ip=127.0.0.1 --allow-root notebooks
+lab: venv data  ## JupyterLab on the notebooks (http://127.0.0.1:8888; outputs are never saved)
+	$(VENV)/bin/jupyter lab --config=$(LAB_CONFIG) --port=$(LAB_PORT) $(LAB_OPTIONS)
 
 bench: venv data  ## speed benchmark against a plain numpy implementation
 	$(PY) bench/bench.py
