@@ -1,7 +1,7 @@
 """How `make lab` reads and writes notebooks: they open unmodified and are saved without outputs.
 
 The Jupyter server of `make lab` (lab/jupyter_lab_config.py) uses NotebookContentsManager, the
-server's default contents manager with two changes:
+server's default contents manager with three changes:
 
 - Reading: a notebook's `language_info` is completed to what its kernel will report. When a kernel
   connects, JupyterLab copies the kernel's `language_info` (name, version "3.11.7", mimetype,
