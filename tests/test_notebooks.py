@@ -50,7 +50,8 @@ def test_notebooks_are_committed_clean_as_jupyterlab_writes_them(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert nb.metadata == JUPYTERLAB_METADATA, (
-        "JupyterLab would rewrite this metadata and mark the notebook modified"
+        "make lab saves notebooks with this metadata (lab/lab_contents.py); any other shape "
+        "changes on the next save"
     )
     for cell in nb.cells:
         if cell.cell_type == "code":
