@@ -249,8 +249,8 @@ def pair_figure(
 
 
 def activation_figure(names: Sequence[str] = ("sigmoid", "improved_sigmoid"), colors=("C0", "C2")):
-    """Each activation of mlp_core.ACTIVATIONS (left) and its slope (right) on z in [-5, 5], with the
-    lines z = ±1 and f = ±1 dotted."""
+    """Each activation of mlp_core.ACTIVATIONS (left) and its slope (right) on z in [-5, 5], with
+    the lines z = ±1 and f = ±1 dotted."""
     z = np.linspace(-5, 5, 2001)
     fig, axes = plt.subplots(1, 2, figsize=(7.5, 2.6), layout="constrained")
     for name, color in zip(names, colors):
@@ -270,8 +270,9 @@ def activation_figure(names: Sequence[str] = ("sigmoid", "improved_sigmoid"), co
 
 
 def grad_profile_figure(runs: Sequence[mlp.History], titles: Sequence[str]):
-    """Per layer (W1 = input ... WL = output), the gradient norm of each run at initialisation (bars)
-    and its median with the 25-75 % range over the validations (dots), log scale, one panel per run."""
+    """Per layer (W1 = input ... WL = output), the gradient norm of each run at initialisation
+    (bars) and its median with the 25-75 % range over the validations (dots), log scale, one
+    panel per run."""
     fig, axes = plt.subplots(1, len(runs), figsize=(7.5, 2.9), sharey=True)
     for ax, h, title in zip(axes, runs, titles):
         init, during = np.asarray(h.init_grad_norms), np.asarray(h.grad_norms)

@@ -1,5 +1,5 @@
-"""Code style: every module, test, script and notebook is formatted by `ruff format` (line length 100)
-and passes `ruff check` (pyflakes, pycodestyle including the line length, import order)."""
+"""Code style: every module, test, script and notebook is formatted by `ruff format` (line length
+100) and passes `ruff check` (pyflakes, pycodestyle including the line length, import order)."""
 
 import subprocess
 import sys
