@@ -136,6 +136,25 @@ def experiments(
     return Experiments(named, seeds, tuple(timed))
 
 
+def networks_table(exps: Experiments) -> pd.DataFrame:
+    """The networks of a notebook as the reader needs them: hidden layers, activation,
+    initialisation, learning rate and momentum (what the hidden experiments cell sets)."""
+    init_words = {"uniform": "uniform in [−1, 1]", "fan_in": "normal, std 1/√fan-in"}
+    rows = []
+    for label, c in exps.networks.items():
+        rows.append(
+            {
+                "network": label,
+                "hidden layers": " × ".join(map(str, c.layer_sizes[:-1])) or "none",
+                "activation": c.activation.replace("_", " "),
+                "initialisation": init_words[c.init],
+                "learning rate": f"{c.learning_rate:g}",
+                "momentum": f"{c.momentum:g}" if c.momentum else "none",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def run(exps: Experiments, **kwargs) -> Runs:
     """Train or load every run of `exps` (see mlp_runs.run_experiments) as a Runs table."""
     if not isinstance(exps, Experiments):
@@ -350,7 +369,7 @@ def mean_std(values: Sequence[float], fmt: str = ".4f", unit: str = "") -> Text:
     if v.size == 1:
         text = format(v[0], fmt)
     else:
-        text = f"{format(v.mean(), fmt)} ± {format(v.std(ddof=1), fmt)}"
+        text = f"{format(v.mean(), fmt)}{NBSP}±{NBSP}{format(v.std(ddof=1), fmt)}"  # one unit
     return Text(text.translate(_MINUS) + unit)
 
 
@@ -714,7 +733,7 @@ def seed_note(exps: Experiments) -> None:
             f"{config.max_epochs} epochs, so the numbers are not the protocol's.**"
         )
     if lines:
-        display(Markdown("\n\n".join(lines)))
+        display(Markdown("\n>\n".join(f"> {line}" for line in lines)))  # a note, like the claims
 
 
 # ---- tables --------------------------------------------------------------------------------------

@@ -175,7 +175,7 @@ def provenance(seeds: int, smoke: bool) -> str:
 
     import mlp_core
 
-    commit = _git("rev-parse", "--short=12", "HEAD") or "not a git checkout"
+    commit = _git("rev-parse", "HEAD") or "not a git checkout"
     if commit != "not a git checkout" and _git("status", "--porcelain", "--untracked-files=no"):
         commit += " (with uncommitted changes)"
     data_dir = mlp_core.mnist_dir()
@@ -208,10 +208,10 @@ def provenance(seeds: int, smoke: bool) -> str:
         ("Machine", f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"),
     ]
     lines = "\n".join(f"- **{key}:** {value}" for key, value in rows)
-    files = "\n".join(digests)
+    files = "\n".join("  " + line for digest in digests for line in digest.splitlines())
     return (
-        f"## Provenance\n\nWhere the numbers of this report come from.\n\n{lines}\n\n"
-        f"The four MNIST files, with the SHA-256 of each file as read:\n\n{files}\n"
+        f"## Provenance\n\nWhere the numbers of this report come from.\n\n{lines}\n"
+        f"- **MNIST files** (SHA-256 of each file as read):\n\n{files}\n"
     )
 
 
@@ -329,7 +329,9 @@ def _latex_failure(exc, latex: str) -> ReportError:
         lines = latex.splitlines()[: int(found.group(1))]
         marks = [line for line in lines if line.startswith("% mlp-source: ")]
         place = (
-            marks[-1][len("% mlp-source: ") :] if marks else f"line {found.group(1)} of report.tex"
+            marks[-1][len("% mlp-source: ") :].strip()
+            if marks
+            else f"line {found.group(1)} of report.tex"
         )
     return ReportError(f"LaTeX failed on {place}: {error or 'see report/build/report.tex'}")
 
@@ -372,8 +374,6 @@ def export_pdf(nb, target: Path, tex_copy: Path) -> None:
                 + fragment.strip()
                 + "\n\\end{minipage}\\par"
             )
-        if re.match(r"#\s+Task \d", source):  # every task's section starts on a new page
-            fragment = "\\clearpage\n" + fragment
         if out is None:
             index = nb.cells.index(cell)
             nb.cells[index] = nbformat.v4.new_raw_cell(

@@ -201,11 +201,11 @@ def test_an_unsupported_claim_fails_under_strict(displayed, monkeypatch):
 
 
 def test_numbers_for_the_text():
-    assert rep.mean_std([1.0, 3.0], ".1f") == "2.0 ± 1.4"
+    assert rep.mean_std([1.0, 3.0], ".1f") == "2.0\u00a0±\u00a01.4"
     assert rep.mean_std([2.5], ".2f") == "2.50"
     assert rep.mean_std([], ".2f") == "–"
-    assert rep.mean_std([-0.5, -1.5], ".1f") == "−1.0 ± 0.7"
-    assert rep.mean_std_sig([0.006, 0.0068, 0.0062]) == "0.00633 ± 0.00042"
+    assert rep.mean_std([-0.5, -1.5], ".1f") == "−1.0\u00a0±\u00a00.7"
+    assert rep.mean_std_sig([0.006, 0.0068, 0.0062]) == "0.00633\u00a0±\u00a00.00042"
     assert rep.pct(96.333) == "96.33\u00a0%" and rep.steps(21583.4) == "21,583"
     assert rep.num(-0.12345, 3) == "−0.123" and rep.sig(0.0063512) == "0.00635"
     assert rep.signed(0.57) == "+0.57" and rep.signed(-1.644) == "−1.64"
@@ -265,7 +265,7 @@ def test_runs_table_and_failures():
         {"net": [_history(0, 0.96), _history(1, 0.97), _history(2, math.nan, "diverged")]}
     )
     assert list(runs.per_seed("net", "val_acc")) == [96.0, 97.0]
-    assert runs.cell("net", "val_acc") == "96.50 ± 0.71 (2 of 3 seeds; 1 diverged)"
+    assert runs.cell("net", "val_acc") == "96.50\u00a0±\u00a00.71 (2 of 3 seeds; 1 diverged)"
     assert runs.value("net", "val_acc") == "96.50\u00a0%" and runs.span("net", "steps") == "200"
     df = runs.table(rep.FINAL_METRICS, seeds=True)
     assert list(df.columns) == [
