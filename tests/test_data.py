@@ -350,6 +350,18 @@ def test_a_gzip_bomb_is_not_decompressed_beyond_the_file_size(http_root, tmp_pat
         mf.download_mnist(tmp_path / "d", base_url=url, progress=False)
 
 
+def _serve(handler):
+    """Serve `handler` on 127.0.0.1 in a thread while the caller's fixture lasts: its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def drip_server():
     """A mirror on 127.0.0.1 that announces a file and then sends one byte every 0.3 s."""
@@ -370,14 +382,7 @@ def drip_server():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Drip)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield from _serve(Drip)
 
 
 def test_a_slow_drip_mirror_runs_into_the_deadline(drip_server, tmp_path):
@@ -431,14 +436,7 @@ def endless_server():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+    yield from _serve(Endless)
 
 
 def test_a_mirror_that_never_ends_is_stopped_at_the_largest_possible_size(endless_server, tmp_path):

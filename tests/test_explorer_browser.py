@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 
 import psutil  # a dependency of ipykernel
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -31,16 +32,6 @@ NOTEBOOK = REPO / "notebooks" / "explorer.ipynb"
 SERVE = REPO / "explorer" / "serve.py"
 ARTIFACTS = REPO / "tests" / "artifacts"
 VENV_BIN = Path(sys.executable).parent
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SERVER_START = 60  # seconds for a server to accept connections
 UI_READY = 90_000  # milliseconds for the notebook to show the explorer
 RUN_DONE = 60_000  # milliseconds for a small run to appear in the table

@@ -31,6 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 LAB_CONFIG = REPO / "lab" / "jupyter_lab_config.py"  # what `make lab` passes as --config
 ARTIFACTS = REPO / "tests" / "artifacts"
 VENV_BIN = Path(sys.executable).parent
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 NOTEBOOKS = [
     "task1_backpropagation",
     "task2_two_layer_network",

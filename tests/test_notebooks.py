@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from nbclient import NotebookClient
 
 import mlp_core as mlp
@@ -230,7 +231,7 @@ def test_html_report_needs_no_network_and_describes_its_figures(smoke_report, tm
     has its caption as its description."""
     result, out = smoke_report
     assert result.returncode == 0, result.stdout[-3000:]
-    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    chromium = CHROMIUM
     if not Path(chromium).exists():
         pytest.skip(
             f"{chromium} not found: install Debian's chromium (`make system-deps`) or set $CHROMIUM"
@@ -242,15 +243,7 @@ def test_html_report_needs_no_network_and_describes_its_figures(smoke_report, tm
             executable_path=chromium,
             headless=True,
             env=dict(os.environ, HOME=str(tmp_path)),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ],
+            args=CHROMIUM_ARGS,
         )
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.on("request", lambda request: requests.append(request.url))
