@@ -314,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     import mlp_core
 
     mlp_core.load_mnist()  # the data first: a missing or damaged file is named before anything
+    executed = build / "executed"
+    stale = [p for p in paths if not (executed / f"{p.stem}-{source_key(p)[:20]}.ipynb").exists()]
+    if stale or not (out / "report.html").exists():  # this build will write: can it? say now
+        writable(build, "The build folder", "Point MLP_REPORT_BUILD at a writable folder.")
+        writable(out, "The report folder", "Use --out to write the report elsewhere.")
     configs, all_experiments = plan(paths, config["fresh"])
     counts = train_and_time(configs, all_experiments, config["fresh"])
     notebooks, seconds = execute_notebooks(paths, build, args.jobs)

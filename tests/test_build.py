@@ -306,3 +306,14 @@ def test_ctrl_c_in_the_first_second_is_one_line(env, tmp_path):
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Interrupted" in out and "Traceback" not in out, out
+
+
+def test_an_unwritable_build_folder_is_named_before_any_training(env, tmp_path):
+    notebook(tmp_path / "nb", "task9_tiny")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = build(env, tmp_path / "nb", tmp_path / "out", MLP_REPORT_BUILD=str(blocker))
+    assert result.returncode == 1 and "Plan:" not in result.stdout
+    (line, *_) = failure(result)
+    assert line.startswith(f"The build folder {blocker}/smoke-1-seeds cannot be written")
+    assert line.endswith("Point MLP_REPORT_BUILD at a writable folder.")
