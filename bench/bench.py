@@ -447,15 +447,17 @@ def benchmark(args) -> None:
     if use_torch:  # beside mlp_core float32 again: the two compared in the same rounds
         beside_torch["mlp_core float32, beside PyTorch"] = lambda c: time_mlp_core(c, data32, 1)[0]
         beside_torch["PyTorch eager float32, 1 thread"] = lambda c: time_torch(c, data32, 1)
+    second = {}  # one run on both cores, beside the serial path in the same rounds
     threaded = {}  # last: OpenBLAS's second thread spins for a while after each of its calls
     if two_threads:
-        threaded["mlp_core float32, blas_threads=2"] = lambda c: time_mlp_core(c, data32, 2)[0]
-        threaded["mlp_core float32, second core"] = lambda c: time_mlp_core(
+        second["mlp_core float32, serial"] = lambda c: time_mlp_core(c, data32, 1)[0]
+        second["mlp_core float32, second core"] = lambda c: time_mlp_core(
             c, data32, 1, second_core=True
         )[0]
+        threaded["mlp_core float32, blas_threads=2"] = lambda c: time_mlp_core(c, data32, 2)[0]
     rows = {name: {} for name in configs}
     floors = {name: [] for name in configs}  # of the first group's rounds, for the breakdown
-    for group in (single, beside_torch, threaded):
+    for group in (single, beside_torch, second, threaded):
         if not group:
             continue
         for name, config in configs.items():
@@ -526,6 +528,16 @@ def results_table(name: str, config: mlp.RunConfig, rows: dict[str, Row], peak: 
         f"{name:<10} {'FLOP limit':<34} {step_flops / peak / 1e3:8.1f} "
         f"{eval_flops / peak / 1e6:8.1f} {limit * 1e3:9.1f}"
     )
+    two_cores = rows.get("mlp_core float32, second core")
+    if two_cores is not None:
+        serial = rows["mlp_core float32, serial"]
+        share = statistics.median(
+            t.epoch / s.epoch for t, s in zip(two_cores.timings, serial.timings)
+        )
+        lines.append(
+            f"{name:<10} one run on the second core takes {share:.2f}× the serial epoch "
+            "(the same rounds; median of the per-round ratios)"
+        )
     torch_row = rows.get("PyTorch eager float32, 1 thread")
     if torch_row is not None:
         ours = rows["mlp_core float32, beside PyTorch"]
