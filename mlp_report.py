@@ -381,11 +381,6 @@ def mean_std_sig(values: Sequence[float], digits: int = 3) -> Text:
     return mean_std(v, f".{decimals}f")
 
 
-def tex_int(n: int) -> str:
-    """An integer with thousands separators for LaTeX math: 50{,}880 (no space after the comma)."""
-    return f"{n:,}".replace(",", "{,}")
-
-
 def seeds_note(n: int) -> Text:
     """'mean ± standard deviation over 3 seeds' or 'one seed', for captions."""
     return Text(f"mean ± standard deviation over {n} seeds" if n > 1 else "one seed")
