@@ -1,47 +1,159 @@
-"""Bit-identity check of two mlp_core.py files: do they train exactly alike on this machine?
+"""Bit-identity check: does this checkout train exactly as an earlier commit did, on this machine?
 
-    .venv/bin/python bench/bit_identity.py --old 3546f01      # the working tree file vs 3546f01
-    .venv/bin/python bench/bit_identity.py --old 3546f01 --new /tmp/bench-proposal/mlp_core.py
-    .venv/bin/python bench/bit_identity.py --old 3546f01 --quick              # fewer, smaller runs
+    .venv/bin/python bench/bit_identity.py                      # the working tree against 4ee7e7e
+    .venv/bin/python bench/bit_identity.py --old HEAD~3 --quick  # fewer, smaller runs
+    .venv/bin/python bench/bit_identity.py --kernels Haswell Sandybridge   # under each kernel
+    .venv/bin/python bench/bit_identity.py --new /tmp/proposal   # another tree, against 4ee7e7e
 
-Both files are imported into one process (the old one from git, or from a path) and train the same
-short runs from the same data: float32 and float64, the protocol's network on the protocol's full
-data (tails of 1,568 and 1,808 images in the last evaluation chunks), wider, deeper and narrower
-networks, the improved sigmoid with momentum, recorded gradient norms, early stopping, divergence,
-and splits whose sizes leave odd tails. Every list, number and string of each History (not the
-epoch and step times) and every final weight must be equal: lists and numbers with ==, arrays with
-np.array_equal (NaN equal to NaN only where both are NaN at the same places, for diverged runs).
-Then evaluate() of both on trained weights over splits of many sizes. Prints each comparison and
-exits 1 if any differs. Timings are not measured here: see bench.py.
+Each side is a whole tree of the project (a commit is extracted with `git archive`; the working
+tree is used as it is), and trains in a fresh process of its own with that tree first on the
+import path, so a side is every module of its commit, whatever its layout. Both sides train the
+same runs through the API the notebooks use (`mlp_core.prepare_data`, `RunConfig`, `train`), on
+their own prepared data from the same MNIST files: float32 and float64, the protocol's network
+on the protocol's full data (tails of 1,568 and 1,808 images in the last evaluation chunks),
+[128] with the improved sigmoid and momentum, ten hidden layers of 64, a narrow and a
+hidden-layer-free network, recorded gradient norms, early stopping, divergence, splits whose
+sizes leave odd tails, and the validations on a second core and without one. Every list, number
+and string of each History (not the epoch and step times) and every final weight must be equal:
+numbers with ==, arrays with np.array_equal (NaN equal to NaN only at the same places). Then
+`evaluate()` of both on trained weights over splits of many sizes.
+
+With --kernels, everything is done once per OpenBLAS kernel (OPENBLAS_CORETYPE), both sides under
+the same kernel: results differ between kernels, so a change is only judged kernel by kernel.
+Prints each comparison and exits 1 if any differs. Timings are not measured here: see bench.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import pickle
+import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
-import numpy as np
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-from bench import load_core_at, load_core_file  # noqa: E402
-
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = "4ee7e7e"  # the last commit before the core was split into modules (issue 20)
 TIMINGS = ("epoch_times", "step_times")  # History fields that are clocks, not results
+FULL = (20_000, 10_000)
+SMALL = (3_000, 2_100)  # evaluation tails: 952 (two blocks) and 52 (one block of 52 rows)
+DEEP = (64,) * 10 + (10,)
+TRICKS = dict(activation="improved_sigmoid", init="fan_in", momentum=0.9, learning_rate=0.02)
 
 
-def load_core(ref: str, name: str):
-    """A path to a file, or a git commit of this repository."""
-    return load_core_file(ref, name) if Path(ref).is_file() else load_core_at(ref)
+def cases(quick: bool) -> list[tuple[str, dict, tuple[int, int]]]:
+    """(description, RunConfig fields and train() options, (n_train, n_val)) of every run."""
+    listed = [
+        ("protocol [64] float32, 1 epoch", dict(max_epochs=1), FULL),
+        ("protocol [64] float32, 1 epoch, no second core", dict(max_epochs=1, _serial=1), FULL),
+        ("protocol [64] float64, 1 epoch", dict(max_epochs=1, dtype="float64"), FULL),
+        ("protocol [128] float32, 1 epoch", dict(layer_sizes=(128, 10), max_epochs=1), FULL),
+        ("protocol 10 x [64] float32, 1 epoch", dict(layer_sizes=DEEP, max_epochs=1), FULL),
+        (
+            "[128] improved sigmoid, fan-in, momentum 0.9, grad norms, float32, 3 epochs",
+            dict(layer_sizes=(128, 10), record_grad_norms=True, max_epochs=3, **TRICKS),
+            SMALL,
+        ),
+        (
+            "[128] improved sigmoid, momentum 0.9, grad norms, 3 epochs, no second core",
+            dict(layer_sizes=(128, 10), record_grad_norms=True, max_epochs=3, _serial=1, **TRICKS),
+            SMALL,
+        ),
+        ("10 x [64] float32, 2 epochs", dict(layer_sizes=DEEP, init="fan_in"), SMALL),
+        ("10 x [64] float32, 2 epochs, no second core", dict(layer_sizes=DEEP, _serial=1), SMALL),
+        ("[60, 60] float64, 2 epochs", dict(layer_sizes=(60, 60, 10), dtype="float64"), SMALL),
+        ("narrow [8] float32, 2 epochs", dict(layer_sizes=(8, 10)), SMALL),
+        (
+            "10 x [64] improved sigmoid, momentum 0.5, float64, 1 epoch",
+            dict(layer_sizes=DEEP, dtype="float64", max_epochs=1, **dict(TRICKS, momentum=0.5)),
+            SMALL,
+        ),
+        ("no hidden layer [10] float32, 2 epochs", dict(layer_sizes=(10,)), SMALL),
+        ("no hidden layer [10] float64, 2 epochs", dict(layer_sizes=(10,), dtype="float64"), SMALL),
+        ("early stopping (patience 2), float32", dict(patience=2, max_epochs=20), (640, 500)),
+        (
+            "early stopping (patience 2), no second core",
+            dict(patience=2, max_epochs=20, _serial=1),
+            (640, 500),
+        ),
+        ("divergence (lr 40), float32", dict(learning_rate=40.0, max_epochs=3), (640, 500)),
+        (
+            "divergence (lr 40), no second core",
+            dict(learning_rate=40.0, max_epochs=3, _serial=1),
+            (640, 500),
+        ),
+        ("n_train 2,050, n_val 2,049: tails of 2 and 1 images", dict(max_epochs=1), (2050, 2049)),
+    ]
+    if quick:
+        listed = [c for c in listed if c[2] != FULL]
+        listed.insert(0, ("[64] float32, 1 epoch, 4,000 + 3,000 images", {}, (4000, 3000)))
+    return listed
+
+
+EVALUATE_SIZES = [1, 2, 19, 20, 31, 255, 256, 257, 511, 512, 513, 1023, 2047, 2048, 2049, 2600]
+
+
+# ---- one side: train every case in this process and write what it recorded ----------------------
+
+
+def record(tree: Path, out: Path, quick: bool) -> None:
+    """Train every case with the modules of `tree` and pickle what each recorded to `out`."""
+    sys.path.insert(0, str(tree))
+    import numpy as np
+
+    import mlp_core as mlp
+
+    results = {}
+    datasets = {}
+    for description, fields, (n_train, n_val) in cases(quick):
+        fields = {"max_epochs": 2, **fields, "n_train": n_train, "n_val": n_val}
+        serial = bool(fields.pop("_serial", 0))
+        key = (n_train, n_val, fields.get("dtype", "float32"))
+        if key not in datasets:
+            datasets[key] = mlp.prepare_data(n_train, key[2], n_val)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the divergence runs warn
+            hist = mlp.train(
+                mlp.RunConfig(**fields),
+                datasets[key],
+                progress=False,
+                second_core=False if serial else True,
+            )
+        results[description] = {
+            name: value
+            for name, value in vars(hist).items()
+            if name not in TIMINGS and name != "config"
+        } | {"number of epochs": len(hist.epoch_times)}
+    data = next(d for (n_train, n_val, dtype), d in datasets.items() if dtype == "float32")
+    config = mlp.RunConfig(max_epochs=1, n_train=len(data.train), n_val=len(data.val))
+    trained = mlp.train(config, data, progress=False, second_core=False).weights
+    for layers, weights in (((64, 10), trained), ((128, 10), None), ((30, 20, 10), None)):
+        model = mlp.MLP(layers, rng=3)
+        if weights is not None:
+            model.weights = [w.copy() for w in weights]
+        sizes = [n for n in EVALUATE_SIZES if n <= len(data.train)]
+        results[f"evaluate() of {list(layers)} on splits of {len(sizes)} sizes, 1 to 2,600"] = {
+            f"{n} images": list(mlp.evaluate(model, mlp.Split(*subset(data.train, n))))
+            for n in sizes
+        }
+    results["numpy"] = {"version": np.__version__}
+    out.write_bytes(pickle.dumps(results))
+
+
+def subset(split, n: int):
+    return split.X[:n], split.Y[:n], split.labels[:n]
+
+
+# ---- the comparison ----------------------------------------------------------------------------
 
 
 def same(a, b) -> bool:
-    """Exact equality of History values: floats bit for bit (NaN equal to NaN), arrays and lists
-    element by element."""
+    """Exact equality: floats bit for bit (NaN equal to NaN), arrays and lists by element."""
+    import numpy as np
+
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         a, b = np.asarray(a), np.asarray(b)
         return a.shape == b.shape and a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
@@ -54,132 +166,105 @@ def same(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-def compare_histories(old_hist, new_hist) -> list[str]:
-    """The History fields that differ (timings left out)."""
-    fields = [f for f in vars(old_hist) if f not in TIMINGS and f != "config"]
-    differ = [f for f in fields if not same(getattr(old_hist, f), getattr(new_hist, f, None))]
-    if len(old_hist.epoch_times) != len(new_hist.epoch_times):
-        differ.append("number of epochs")
-    return differ
+def tree_of(ref: str, scratch: Path) -> Path:
+    """A folder holding the project as `ref` names it: a folder itself, or a commit (extracted)."""
+    if Path(ref).is_dir():
+        return Path(ref).resolve()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if not commit:
+        raise SystemExit(
+            f"{ref!r} is neither a folder nor a commit of this clone (a shallow clone lacks "
+            f"the history: `git fetch --unshallow`)"
+        )
+    tree = scratch / commit[:12]
+    tree.mkdir()
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    return tree
 
 
-def runs(quick: bool) -> list[tuple[str, dict, tuple[int, int]]]:
-    """(description, RunConfig fields, (n_train, n_val) of the data) of every compared run."""
-    full = (20_000, 10_000)
-    small = (3_000, 2_100)  # evaluation tails: 952 (two blocks) and 52 (one block of 52 rows)
-    cases = [
-        ("protocol [64] float32, 1 epoch", dict(max_epochs=1), full),
-        ("protocol [64] float64, 1 epoch", dict(max_epochs=1, dtype="float64"), full),
-        (
-            "[128] improved sigmoid, fan-in, momentum 0.9, grad norms, float32, 3 epochs",
-            dict(
-                layer_sizes=(128, 10),
-                activation="improved_sigmoid",
-                init="fan_in",
-                momentum=0.9,
-                learning_rate=0.02,
-                record_grad_norms=True,
-                max_epochs=3,
-            ),
-            small,
-        ),
-        (
-            "10 x [64] float32, 2 epochs",
-            dict(layer_sizes=(64,) * 10 + (10,), init="fan_in", max_epochs=2),
-            small,
-        ),
-        ("[60, 60] float64, 2 epochs", dict(layer_sizes=(60, 60, 10), dtype="float64"), small),
-        ("narrow [8] float32, 2 epochs", dict(layer_sizes=(8, 10), max_epochs=2), small),
-        (
-            "10 x [64] improved sigmoid, momentum 0.5, float64, 1 epoch",
-            dict(
-                layer_sizes=(64,) * 10 + (10,),
-                activation="improved_sigmoid",
-                init="fan_in",
-                momentum=0.5,
-                learning_rate=0.02,
-                dtype="float64",
-                max_epochs=1,
-            ),
-            small,
-        ),
-        ("no hidden layer [10] float32, 2 epochs", dict(layer_sizes=(10,)), small),
-        ("no hidden layer [10] float64, 2 epochs", dict(layer_sizes=(10,), dtype="float64"), small),
-        ("early stopping (patience 2), float32", dict(patience=2, max_epochs=20), (640, 500)),
-        ("divergence (lr 40), float32", dict(learning_rate=40.0, max_epochs=3), (640, 500)),
-        ("n_train 2,050, n_val 2,049: tails of 2 and 1 images", dict(max_epochs=1), (2050, 2049)),
-    ]
-    if quick:
-        cases = [c for c in cases if c[2] != full]
-        cases.insert(0, ("[64] float32, 1 epoch, 4,000 + 3,000 images", {}, (4000, 3000)))
-    return cases
+def run_side(tree: Path, kernel: str | None, quick: bool, scratch: Path) -> dict:
+    """What the modules of `tree` recorded, trained in a process of their own under `kernel`."""
+    out = Path(tempfile.mkstemp(dir=scratch, suffix=".pickle")[1])
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env.setdefault("MNIST_DIR", str(mnist_folder()))
+    if kernel:
+        env["OPENBLAS_CORETYPE"] = kernel
+    env.pop("PYTHONPATH", None)
+    command = [sys.executable, str(Path(__file__).resolve()), "--record", str(tree), str(out)]
+    done = subprocess.run(command + (["--quick"] if quick else []), cwd=tree, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"training with the modules of {tree} failed (exit {done.returncode})")
+    return pickle.loads(out.read_bytes())
+
+
+def mnist_folder() -> Path:
+    sys.path.insert(0, str(REPO))
+    from mnist_files import mnist_dir
+
+    return mnist_dir()
+
+
+def blas_kernel(kernel: str | None) -> str:
+    env = dict(os.environ, **({"OPENBLAS_CORETYPE": kernel} if kernel else {}))
+    script = (
+        "import numpy; from threadpoolctl import threadpool_info; "
+        "print(*[i.get('architecture') for i in threadpool_info() if i['user_api'] == 'blas'])"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    return done.stdout.strip() or "unknown"
+
+
+def compare(old: dict, new: dict) -> int:
+    failures = 0
+    for description, recorded in old.items():
+        if description == "numpy":
+            continue
+        other = new.get(description, {})
+        differ = [name for name in recorded if not same(recorded[name], other.get(name))]
+        failures += bool(differ)
+        summary = ""
+        if "train_loss" in recorded:
+            summary = (
+                f": {len(recorded['train_loss'])} steps, {len(recorded['val_loss'])} "
+                f"validations, {recorded['stop_reason']}"
+            )
+        verdict = "DIFFER" if differ else "same  "
+        differing = f"; differing: {', '.join(differ)}" if differ else ""
+        print(f"  {verdict} {description}{summary}{differing}")
+    return failures
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--old", required=True, help="a git commit or a path to an mlp_core.py")
-    p.add_argument(
-        "--new",
-        default=str(HERE.parent / "mlp_core.py"),
-        help="a path to an mlp_core.py or a git commit (default: the working tree's mlp_core.py)",
-    )
+    p.add_argument("--old", default=REFERENCE, help=f"a commit or a folder (default {REFERENCE})")
+    p.add_argument("--new", default=str(REPO), help="a folder or a commit (default: this tree)")
     p.add_argument("--quick", action="store_true", help="leave out the full-size protocol runs")
+    p.add_argument("--kernels", nargs="*", help="OPENBLAS_CORETYPE values to check under, in turn")
+    p.add_argument("--record", nargs=2, metavar=("TREE", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    old = load_core(args.old, "mlp_core_old")
-    new = load_core(args.new, "mlp_core_new")
-    print(f"old: {args.old} ({old.__name__}); new: {args.new} ({new.__name__})")
+    if args.record:
+        record(Path(args.record[0]), Path(args.record[1]), args.quick)
+        return 0
     failures = 0
-    datasets = {}
-    for description, fields, (n_train, n_val) in runs(args.quick):
-        fields = {"max_epochs": 2, **fields, "n_train": n_train, "n_val": n_val}
-        key = (n_train, n_val, fields.get("dtype", "float32"))
-        if key not in datasets:  # the old module's data, given to both: the same input arrays
-            datasets[key] = old.prepare_data(n_train, key[2], n_val)
-        data = datasets[key]
-        histories = []
-        for core in (old, new):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # the divergence run warns
-                histories.append(core.train(core.RunConfig(**fields), data, progress=False))
-        differ = compare_histories(*histories)
-        failures += bool(differ)
-        h = histories[0]
-        print(
-            f"{'DIFFER' if differ else 'same  '} {description}: {h.steps} steps, "
-            f"{len(h.val_loss)} validations, {h.stop_reason}"
-            + (f"; differing: {', '.join(differ)}" if differ else "")
-        )
-    failures += compare_evaluate(old, new, datasets)
+    with tempfile.TemporaryDirectory(prefix="mlp-bit-identity-") as scratch:
+        scratch = Path(scratch)
+        old_tree, new_tree = tree_of(args.old, scratch), tree_of(args.new, scratch)
+        for kernel in args.kernels or [None]:
+            print(
+                f"old: {args.old}; new: {args.new}; OpenBLAS kernel {blas_kernel(kernel)}"
+                + (f" (OPENBLAS_CORETYPE={kernel})" if kernel else "")
+            )
+            old = run_side(old_tree, kernel, args.quick, scratch)
+            new = run_side(new_tree, kernel, args.quick, scratch)
+            failures += compare(old, new)
     print("all bit-identical" if not failures else f"{failures} comparison(s) differ")
     return 1 if failures else 0
-
-
-def compare_evaluate(old, new, datasets) -> int:
-    """evaluate() of both modules on splits of many sizes, with trained weights."""
-    data = next(d for (n_train, n_val, dtype), d in datasets.items() if dtype == "float32")
-    config = old.RunConfig(max_epochs=1, n_train=len(data.train), n_val=len(data.val))
-    trained = old.train(config, data, progress=False).weights
-    sizes = [1, 2, 19, 20, 31, 255, 256, 257, 511, 512, 513, 1023, 2047, 2048, 2049, 2600]
-    sizes = [n for n in sizes if n <= len(data.train)]
-    failures = 0
-    for layers, weights in (((64, 10), trained), ((128, 10), None), ((30, 20, 10), None)):
-        models = []
-        for core in (old, new):
-            model = core.MLP(layers, rng=3)
-            model.weights = [w.copy() for w in weights] if weights is not None else model.weights
-            models.append(model)
-        for n in sizes:
-            split = old.Split(data.train.X[:n], data.train.Y[:n], data.train.labels[:n])
-            a = old.evaluate(models[0], split)
-            b = new.evaluate(models[1], split)
-            if not same(list(a), list(b)):
-                failures += 1
-                print(f"DIFFER evaluate() of {list(layers)} on {n} images: {a} vs {b}")
-    print(
-        f"{'same  ' if not failures else 'DIFFER'} evaluate() of three networks on splits of "
-        f"{len(sizes)} sizes from 1 to {max(sizes):,} images"
-    )
-    return failures
 
 
 if __name__ == "__main__":

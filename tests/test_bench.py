@@ -106,23 +106,6 @@ def test_floor_alone_runs(mnist_path):
     assert "x 5 validations" in done.stdout and "(625 steps)" in done.stdout
 
 
-def test_bit_identity_checker_finds_a_file_identical_to_itself(mnist_path):
-    core = str(REPO / "mlp_core.py")
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "bit_identity.py"), "--quick"]
-        + ["--old", core, "--new", core],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    lines = done.stdout.splitlines()
-    assert lines[-1] == "all bit-identical"
-    compared = [line for line in lines if line.startswith(("same ", "DIFFER"))]
-    assert len(compared) >= 8 and all(line.startswith("same ") for line in compared)
-
-
 @pytest.mark.skipif(
     not has_commit(BEFORE_REWRITE), reason=f"commit {BEFORE_REWRITE} is not in this clone"
 )
