@@ -601,6 +601,8 @@ class RunConfig:
 # ten times a uniform guess's.
 DIVERGED_LOSS = 10 * math.log(NUM_CLASSES)
 COMPLETED = ("early_stopping", "max_epochs")  # the stop reasons of a run that ended as configured
+STOP_REASONS = COMPLETED + ("diverged", "stopped", "interrupted")  # every way a run can end
+FINAL_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")  # History.final, table order
 
 
 @dataclass
@@ -752,7 +754,7 @@ def train(
         bar.update(hist.steps - bar.n)
         bar.close()
     hist.weights = [w.copy() for w in model.weights]
-    hist.final = dict.fromkeys(("train_loss", "train_acc", "val_loss", "val_acc"), math.nan)
+    hist.final = dict.fromkeys(FINAL_METRICS, math.nan)
     if final is not None:
         hist.final["train_loss"], hist.final["train_acc"] = final[0]
         hist.final["val_loss"], hist.final["val_acc"] = final[1]

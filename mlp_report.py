@@ -567,7 +567,7 @@ class Runs(dict):
         return pd.DataFrame(rows)
 
 
-FINAL_METRICS = ("train_loss", "val_loss", "train_acc", "val_acc")  # the protocol's final table
+FINAL_METRICS = mlp.FINAL_METRICS  # the protocol's final table
 
 
 # ---- the comparison rule and checked claims ------------------------------------------------------

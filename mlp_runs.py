@@ -76,8 +76,6 @@ _LISTS = (
     "step_times",
 )
 _VALIDATION_LISTS = ("val_steps", "train_loss_full", "train_acc", "val_loss", "val_acc")
-_FINAL_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
-_COMPLETED = ("early_stopping", "max_epochs")
 DASK_EXTRA_HINT = "pip install -e '.[dask]'"  # how to get the optional Dask extra
 DASK_PROGRESS_TOPIC = "mlp-runs-progress"  # the Dask event topic the workers report steps on
 
@@ -241,12 +239,12 @@ def _check_entry(hist: mlp.History, lists: dict[str, np.ndarray]) -> None:
             )
         if not np.isfinite(w).all():
             raise ValueError(f"weight w{i} holds values that are not finite")
-    if hist.stop_reason not in _COMPLETED:
+    if hist.stop_reason not in mlp.COMPLETED:
         raise ValueError(f"it records a run that did not complete ({hist.stop_reason!r})")
     final = hist.final if isinstance(hist.final, dict) else {}
-    bad = [m for m in _FINAL_METRICS if not isinstance(final.get(m), (int, float))]
-    bad += [m for m in _FINAL_METRICS if m not in bad and not math.isfinite(final[m])]
-    if bad or set(final) != set(_FINAL_METRICS):
+    bad = [m for m in mlp.FINAL_METRICS if not isinstance(final.get(m), (int, float))]
+    bad += [m for m in mlp.FINAL_METRICS if m not in bad and not math.isfinite(final[m])]
+    if bad or set(final) != set(mlp.FINAL_METRICS):
         raise ValueError(f"its final metrics are missing or not finite ({', '.join(bad)})")
     for name, values in lists.items():
         kind = "i" if name == "val_steps" else "f"
