@@ -15,8 +15,9 @@ trained on that Dask cluster instead and stored on this side, so the workers nee
 The store is a folder (.cache/runs, or $MLP_RUN_STORE) with one entry per finished run: an .npz
 file of plain arrays and a JSON header, read with allow_pickle=False, so reading an entry never
 runs code. An entry's key covers the whole configuration and a digest of the code that computes a
-run, mlp_core.py, and of what does its arithmetic (numpy, the BLAS kernel): editing notebooks,
-plots or the report layer reuses every run; editing the ML core retrains them. Entries are written
+run (COMPUTING_MODULES: the core, the training loop, the data, the argument rules, the MNIST files)
+and of what does its arithmetic (numpy, the BLAS kernel): editing notebooks, plots or the report
+layer reuses every run; editing any of those modules retrains them. Entries are written
 to a temporary file and renamed, so a reader sees a whole entry or none. Before an entry is used it
 is checked against its configuration (only a regular file of a plausible size is read; the weights'
 number, shapes and dtype, finite weights and final metrics, consistent history lists); a damaged or
@@ -98,11 +99,15 @@ def store_dir() -> Path:
     return Path(os.environ.get("MLP_RUN_STORE") or REPO / ".cache" / "runs")
 
 
+# The modules whose code computes a run (tests/test_runs.py checks that train() uses no other).
+COMPUTING_MODULES = ("mlp_core", "mlp_train", "mlp_data", "mlp_checks", "mnist_files")
+
+
 @functools.cache
 def code_digest() -> str:
-    """SHA-256 of mlp_core.py and of what does its arithmetic (numpy's version, the BLAS library
-    and the kernel it chose for this CPU): a stored run is reused only where it would be
-    computed bit for bit the same."""
+    """SHA-256 of the COMPUTING_MODULES and of what does their arithmetic (numpy's version, the
+    BLAS library and the kernel it chose for this CPU): a stored run is reused only where it
+    would be computed bit for bit the same."""
     from threadpoolctl import threadpool_info
 
     blas = sorted(
@@ -111,7 +116,11 @@ def code_digest() -> str:
         if info.get("user_api") == "blas"
     )
     numerics = json.dumps({"numpy": np.__version__, "blas": blas})
-    return hashlib.sha256((REPO / "mlp_core.py").read_bytes() + numerics.encode()).hexdigest()
+    digest = hashlib.sha256()
+    for name in COMPUTING_MODULES:
+        digest.update(name.encode() + b"\0" + (REPO / f"{name}.py").read_bytes())
+    digest.update(numerics.encode())
+    return digest.hexdigest()
 
 
 def _config_dict(config: mlp.RunConfig) -> dict:
@@ -895,7 +904,7 @@ def _train_on_dask(client, todo: list[mlp.RunConfig], progress: SweepProgress):
                 hist, digest = future.result()  # a task's exception ends the sweep
                 if digest != code_digest():
                     raise RuntimeError(
-                        "a Dask worker runs another mlp_core.py, numpy or BLAS kernel than this "
+                        "a Dask worker runs other training code, numpy or BLAS kernel than this "
                         f"machine (its digest {digest[:12]} against {code_digest()[:12]}): "
                         "install this checkout with the same packages on the workers, so that "
                         "their runs are the ones this run store holds"

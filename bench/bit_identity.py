@@ -18,6 +18,11 @@ and string of each History (not the epoch and step times) and every final weight
 numbers with ==, arrays with np.array_equal (NaN equal to NaN only at the same places). Then
 `evaluate()` of both on trained weights over splits of many sizes.
 
+Both sides run with OPENBLAS_NUM_THREADS=1. A run's products all take one BLAS thread, but at
+4ee7e7e the initial gradient norms (record_grad_norms) took the process's default number (one per
+core), so they depended on the machine's core count; tests/test_training.py checks that a run no
+longer depends on it.
+
 With --kernels, everything is done once per OpenBLAS kernel (OPENBLAS_CORETYPE), both sides under
 the same kernel: results differ between kernels, so a change is only judged kernel by kernel.
 Prints each comparison and exits 1 if any differs. Timings are not measured here: see bench.py.
@@ -191,7 +196,7 @@ def tree_of(ref: str, scratch: Path) -> Path:
 def run_side(tree: Path, kernel: str | None, quick: bool, scratch: Path) -> dict:
     """What the modules of `tree` recorded, trained in a process of their own under `kernel`."""
     out = Path(tempfile.mkstemp(dir=scratch, suffix=".pickle")[1])
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OPENBLAS_NUM_THREADS="1")
     env.setdefault("MNIST_DIR", str(mnist_folder()))
     if kernel:
         env["OPENBLAS_CORETYPE"] = kernel

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import mlp_core as mlp
+import mlp_train
 
 QUICK = dict(n_train=640, n_val=500, max_epochs=3)  # 20 steps per epoch, validation every 4 steps
 
@@ -49,14 +50,14 @@ def test_learning_happens(small_data):
 def scripted_validation(monkeypatch, losses):
     """Replace the evaluation of the validation set by a scripted sequence of validation losses
     (in the serial path, which calls evaluate(); the second-core path is tied to it below)."""
-    values, real = iter(losses), mlp.evaluate
+    values, real = iter(losses), mlp_train.evaluate
 
     def fake(model, split, ws=None, should_stop=None):
         if len(split) == 500:
             return next(values, 1.0), 0.5
         return real(model, split, ws, should_stop)
 
-    monkeypatch.setattr(mlp, "evaluate", fake)
+    monkeypatch.setattr(mlp_train, "evaluate", fake)
 
 
 def test_early_stopping_after_exactly_patience_validations(monkeypatch, small_data):
@@ -224,10 +225,10 @@ def test_stop_is_honoured_inside_an_evaluation(small_data):
 def test_huge_networks_evaluate_in_small_chunks():
     """A chunk of an evaluation costs at most about 2 GFLOP, so a Stop is seen within a fraction
     of a second even for the explorer's largest network; the protocol's networks use 2,048."""
-    assert mlp.evaluation_rows(mlp.MLP([64, 10], rng=0)) == 2048
-    assert mlp.evaluation_rows(mlp.MLP([64] * 10 + [10], rng=0)) == 2048
+    assert mlp_train.evaluation_rows(mlp.MLP([64, 10], rng=0)) == 2048
+    assert mlp_train.evaluation_rows(mlp.MLP([64] * 10 + [10], rng=0)) == 2048
     huge = mlp.MLP([2048] * 8 + [10], rng=0, dtype="float32")
-    assert mlp.evaluation_rows(huge) == 64
+    assert mlp_train.evaluation_rows(huge) == 64
 
 
 def test_should_stop_and_callback(small_data):
@@ -330,17 +331,17 @@ def test_the_second_core_is_the_default_of_a_run_alone(small_data, monkeypatch):
     """With two cores and one BLAS thread a run validates on the second core; worker pools pass
     second_core=False; with one core, or several BLAS threads, the serial path is taken."""
     seen = []
-    original = mlp._SecondCoreValidations.__init__
+    original = mlp_train._SecondCoreValidations.__init__
 
     def spy(self, *args, **kwargs):
         seen.append(True)
         original(self, *args, **kwargs)
 
-    monkeypatch.setattr(mlp._SecondCoreValidations, "__init__", spy)
-    monkeypatch.setattr(mlp.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(mlp_train._SecondCoreValidations, "__init__", spy)
+    monkeypatch.setattr(mlp_train.os, "sched_getaffinity", lambda pid: {0, 1})
     mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False)
     assert seen == [True]
     mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False, blas_threads=2)
-    monkeypatch.setattr(mlp.os, "sched_getaffinity", lambda pid: {0})
+    monkeypatch.setattr(mlp_train.os, "sched_getaffinity", lambda pid: {0})
     mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False)
     assert seen == [True]
