@@ -201,9 +201,7 @@ class MLP:
 
     @property
     def shapes(self) -> list[tuple[int, int]]:
-        """(fan_in, fan_out) of every weight matrix, input side first."""
-        fans = (self.input_size,) + self.layer_sizes
-        return list(zip(fans[:-1], fans[1:]))
+        return weight_shapes(self.layer_sizes, self.input_size)
 
     @property
     def n_parameters(self) -> int:
@@ -325,15 +323,20 @@ def _losses_with_unit_moved(model: MLP, l: int, z, j: int, moves, labels) -> np.
     return losses
 
 
-# ==== Parameter counts ============================================================================
+# ==== Weight shapes and parameter counts ==========================================================
+
+
+def weight_shapes(layer_sizes: Sequence[int], input_size=INPUT_SIZE) -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of every weight matrix of a network of these layer sizes, input first."""
+    fans = (int(input_size),) + check_layer_sizes(layer_sizes, NUM_CLASSES)
+    return list(zip(fans[:-1], fans[1:]))
 
 
 def count_parameters(layer_sizes: Sequence[int], input_size=INPUT_SIZE, output_bias=False) -> int:
     """Weights of a network of these layer sizes (input_size counts the bias), plus output biases
     if `output_bias`."""
-    fans = (int(input_size),) + check_layer_sizes(layer_sizes, NUM_CLASSES)
-    weights = sum(a * b for a, b in zip(fans[:-1], fans[1:]))
-    return weights + (fans[-1] if output_bias else 0)
+    weights = sum(a * b for a, b in weight_shapes(layer_sizes, input_size))
+    return weights + (layer_sizes[-1] if output_bias else 0)
 
 
 # ==== The names of the modules around the core ====================================================

@@ -178,9 +178,11 @@ def _machine() -> dict:
             cpu = next((line.split(":", 1)[1].strip() for line in fh if "model name" in line), cpu)
     except OSError:
         pass
+    from threadpoolctl import threadpool_info
+
     blas = [
         {key: info.get(key) for key in ("internal_api", "version", "architecture")}
-        for info in mlp._blas_controller().info()
+        for info in threadpool_info()
         if info.get("user_api") == "blas"
     ]
     return {"cpu": cpu, "cores": os.cpu_count(), "blas": blas}

@@ -142,11 +142,6 @@ def run_key(config: mlp.RunConfig) -> str:
 # ---- store entries: layout, size and validation --------------------------------------------------
 
 
-def _weight_shapes(config: mlp.RunConfig) -> list[tuple[int, int]]:
-    fans = (mlp.INPUT_SIZE,) + tuple(config.layer_sizes)
-    return list(zip(fans[:-1], fans[1:]))
-
-
 def _max_steps(config: mlp.RunConfig) -> int:
     return config.max_epochs * config.steps_per_epoch
 
@@ -213,7 +208,7 @@ def _unpack(data, config: mlp.RunConfig) -> mlp.History:
     )
     if run_key(stored) != key:
         raise ValueError("its configuration does not match its key")
-    shapes = _weight_shapes(config)
+    shapes = mlp.weight_shapes(config.layer_sizes)
     expected = {"header", *_LISTS, *(f"w{i}" for i in range(len(shapes)))}
     if header["n_weights"] != len(shapes) or set(data.files) != expected:
         raise ValueError(
@@ -240,7 +235,7 @@ def _check_entry(hist: mlp.History, lists: dict[str, np.ndarray]) -> None:
     """ValueError unless `hist` (and its stored `lists`) is a completed run of hist.config."""
     config = hist.config
     dtype = np.dtype(config.dtype)
-    for i, (w, shape) in enumerate(zip(hist.weights, _weight_shapes(config))):
+    for i, (w, shape) in enumerate(zip(hist.weights, mlp.weight_shapes(config.layer_sizes))):
         if w.shape != shape or w.dtype != dtype:
             raise ValueError(
                 f"weight w{i} is {w.dtype} of shape {w.shape} where the configuration needs "

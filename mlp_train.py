@@ -273,14 +273,18 @@ def evaluate(
 
 class _BlasThreads:
     """The BLAS thread count is one setting of the process, so every training in it agrees on
-    it: one thread while any run trains (a run's bits depend on it). A run that evaluates on
-    more threads changes it for the whole process, so it trains only alone."""
+    it: one thread while any run trains (a run's bits depend on it), the process's own setting
+    again when the last one ends. A run that evaluates on more threads changes it for the whole
+    process, so it trains only alone.
+
+    OpenBLAS is set through its own openblas_set_num_threads, from whichever thread trains:
+    threadpoolctl lets only the first thread that limited OpenBLAS change it again."""
 
     def __init__(self):
         self.lock = threading.Lock()
         self.runs = 0  # trainings in progress
         self.alone = False  # one of them evaluates on several threads
-        self.limit = None  # the one-thread limit while runs train (restored by the last)
+        self.original: list[int] = []  # each BLAS library's thread count before the first run
 
     @contextlib.contextmanager
     def training(self, evaluation_threads: int):
@@ -292,7 +296,8 @@ class _BlasThreads:
                     "process: wait for it to end, or train with blas_threads=1"
                 )
             if not self.runs:
-                self.limit = _blas_controller().limit(limits=1, user_api="blas")
+                self.original = [lib.get_num_threads() for lib in _blas_libraries()]
+                _set_blas_threads([1] * len(self.original))
             self.runs += 1
             self.alone = evaluation_threads != 1
         try:
@@ -302,23 +307,50 @@ class _BlasThreads:
                 self.runs -= 1
                 self.alone = False
                 if not self.runs:
-                    self.limit.restore_original_limits()
+                    _set_blas_threads(self.original)
 
+    @contextlib.contextmanager
     def evaluating(self, threads: int):
         """`threads` BLAS threads for an evaluation (only a run that trains alone asks for >1)."""
         if threads == 1:
-            return contextlib.nullcontext()
-        return _blas_controller().limit(limits=threads, user_api="blas")
+            yield
+            return
+        libraries = _blas_libraries()
+        _set_blas_threads([threads] * len(libraries))
+        try:
+            yield
+        finally:
+            _set_blas_threads([1] * len(libraries))
 
 
 BLAS_THREADS = _BlasThreads()
+_OPENBLAS_SETTERS = (  # the name of openblas_set_num_threads in the builds numpy and scipy ship
+    "openblas_set_num_threads",
+    "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+)
 
 
 @functools.cache
-def _blas_controller():  # finds the BLAS libraries once; setting a limit then takes microseconds
+def _blas_libraries() -> list:
+    """threadpoolctl's controllers of the BLAS libraries loaded (found once)."""
     from threadpoolctl import ThreadpoolController
 
-    return ThreadpoolController()
+    return [lib for lib in ThreadpoolController().lib_controllers if lib.user_api == "blas"]
+
+
+def _set_blas_threads(counts: list[int]) -> None:
+    for lib, n in zip(_blas_libraries(), counts):
+        setter = None
+        if lib.internal_api == "openblas" and getattr(lib, "threading_layer", "") != "openmp":
+            setter = next(
+                (f for name in _OPENBLAS_SETTERS if (f := getattr(lib.dynlib, name, None))), None
+            )
+        if setter is not None:
+            setter(n)
+        else:  # other BLAS libraries take a limit from any thread
+            lib.set_num_threads(n)
 
 
 # ==== Validations: in the training thread, or on a second core ====================================

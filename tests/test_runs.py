@@ -70,7 +70,48 @@ def test_a_stored_run_is_reused(store, monkeypatch):
 def test_the_key_covers_the_config_and_the_core(store):
     a, b = mlp.RunConfig(**QUICK), mlp.RunConfig(**QUICK, seed=1)
     assert mlp_runs.run_key(a) == mlp_runs.run_key(a.replace(name="x")) != mlp_runs.run_key(b)
-    assert len(mlp_runs.code_digest()) == 64  # sha256 of mlp_core.py
+    assert len(mlp_runs.code_digest()) == 64  # sha256 of the modules that compute a run
+
+
+PROJECT_MODULES = """
+import sys
+from pathlib import Path
+import mlp_core as mlp
+mlp.train(mlp.RunConfig(n_train=64, n_val=64, max_epochs=1), progress=False)
+repo = Path(sys.argv[1])
+print(*sorted(m for m, module in sys.modules.items()
+              if Path(getattr(module, "__file__", None) or "/").parent == repo))
+"""
+
+
+def test_the_code_digest_covers_every_module_a_run_is_computed_with(mnist_path):
+    """A change in any module whose code a training runs retrains every run."""
+    done = subprocess.run(
+        [sys.executable, "-c", PROJECT_MODULES, str(REPO)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    assert set(done.stdout.split()) == set(mlp_runs.COMPUTING_MODULES)
+
+
+def test_a_change_in_the_training_loop_changes_the_key(monkeypatch, tmp_path):
+    digest = mlp_runs.code_digest()
+    fake = tmp_path / "repo"
+    fake.mkdir()
+    for name in mlp_runs.COMPUTING_MODULES:
+        (fake / f"{name}.py").write_bytes((REPO / f"{name}.py").read_bytes())
+    monkeypatch.setattr(mlp_runs, "REPO", fake)
+    mlp_runs.code_digest.cache_clear()
+    try:
+        assert mlp_runs.code_digest() == digest
+        (fake / "mlp_train.py").write_text((REPO / "mlp_train.py").read_text() + "\n# edited\n")
+        mlp_runs.code_digest.cache_clear()
+        assert mlp_runs.code_digest() != digest
+    finally:
+        mlp_runs.code_digest.cache_clear()
 
 
 def test_runs_differing_only_in_name_train_once(store, monkeypatch):

@@ -345,3 +345,109 @@ def test_the_second_core_is_the_default_of_a_run_alone(small_data, monkeypatch):
     monkeypatch.setattr(mlp_train.os, "sched_getaffinity", lambda pid: {0})
     mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False)
     assert seen == [True]
+
+
+def _same_run(a: mlp.History, b: mlp.History) -> bool:
+    """Every recorded number and the final weights equal, bit for bit (clocks aside)."""
+    for f in dataclasses.fields(mlp.History):
+        if f.name in CLOCKS + ("weights", "config"):
+            continue
+        if repr(getattr(a, f.name)) != repr(getattr(b, f.name)):
+            return False
+    return all(np.array_equal(x, y) for x, y in zip(a.weights, b.weights))
+
+
+def _numpy_blas_threads() -> set[int]:
+    from threadpoolctl import threadpool_info
+
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas" and "numpy" in i["filepath"]]
+    return {i["num_threads"] for i in blas}
+
+
+@pytest.mark.parametrize("second_core", [False, True])
+def test_two_trainings_in_two_threads_give_the_serial_runs(small_data, second_core):
+    """The BLAS thread count is one setting of the process: a run that ends while another trains
+    must not hand the other one the default thread count back (issue 21, point 3)."""
+    import threading
+
+    short = mlp.RunConfig(**dict(QUICK, max_epochs=1), record_grad_norms=True)
+    long = mlp.RunConfig(**dict(QUICK, max_epochs=6), init="fan_in", record_grad_norms=True)
+    serial = [
+        mlp.train(c, small_data, progress=False, second_core=second_core) for c in (short, long)
+    ]
+    threads_seen = []
+    results = {}
+
+    def run(config):
+        def seen(hist):
+            threads_seen.append(_numpy_blas_threads())
+
+        results[config] = mlp.train(
+            config, small_data, progress=False, second_core=second_core, callback=seen
+        )
+
+    for _ in range(3):
+        workers = [threading.Thread(target=run, args=(c,)) for c in (short, long)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert _same_run(results[short], serial[0]) and _same_run(results[long], serial[1])
+    assert threads_seen and all(seen == {1} for seen in threads_seen)
+
+
+def test_several_evaluation_threads_only_for_a_run_alone(small_data):
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def hold(hist):
+        started.set()
+        release.wait(30)
+
+    worker = threading.Thread(
+        target=mlp.train,
+        args=(mlp.RunConfig(**QUICK), small_data),
+        kwargs=dict(progress=False, callback=hold),
+    )
+    worker.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(RuntimeError, match="another train\\(\\) is running in this process"):
+            mlp.train(mlp.RunConfig(**QUICK), small_data, progress=False, blas_threads=2)
+    finally:
+        release.set()
+        worker.join()
+    assert _numpy_blas_threads() != {0}  # restored: the process's own setting again
+
+
+RUN_DIGEST = """
+import hashlib, sys
+import numpy as np
+import mlp_core as mlp
+config = mlp.RunConfig(layer_sizes=(128, 64, 10), init="fan_in", n_train=1200, n_val=900,
+                       max_epochs=2, record_grad_norms=True)
+h = mlp.train(config, mlp.prepare_data(1200, "float32", 900), progress=False)
+digest = hashlib.sha256(repr([h.train_loss, h.val_loss, h.grad_norms, h.init_grad_norms]).encode())
+for w in h.weights:
+    digest.update(w.tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_a_run_does_not_depend_on_the_process_blas_threads(mnist_path):
+    """Every product of a run takes one BLAS thread, so the machine's core count (OpenBLAS's
+    default thread count) changes no bit of it."""
+    import os
+    import subprocess
+    import sys
+
+    digests = set()
+    for threads in ("1", "2", "4"):
+        env = dict(os.environ, OPENBLAS_NUM_THREADS=threads)
+        done = subprocess.run(
+            [sys.executable, "-c", RUN_DIGEST], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr
+        digests.add(done.stdout.strip())
+    assert len(digests) == 1
