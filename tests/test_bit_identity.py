@@ -3,20 +3,11 @@
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from history import REFERENCE, REPO, has_commit
 
-REPO = Path(__file__).resolve().parent.parent
 TOOL = REPO / "bench" / "bit_identity.py"
-REFERENCE = "4ee7e7e"
-
-
-def has_commit(ref: str) -> bool:
-    if shutil.which("git") is None:
-        return False
-    probe = ["git", "-C", str(REPO), "cat-file", "-e", f"{ref}^{{commit}}"]
-    return subprocess.run(probe, capture_output=True).returncode == 0
 
 
 def bit_identity(*args: str) -> subprocess.CompletedProcess:
