@@ -85,8 +85,14 @@ explore: venv data  ## the interactive explorer in Voila (http://127.0.0.1:8866)
 lab: venv data  ## JupyterLab on the notebooks (http://127.0.0.1:8888; outputs are never saved)
 	$(VENV)/bin/jupyter lab --config=$(LAB_CONFIG) --port=$(LAB_PORT) $(LAB_OPTIONS)
 
-bench: venv data  ## speed benchmark against a plain numpy implementation
-	$(PY) bench/bench.py
+# KERNELS: OpenBLAS kernels to measure under, in turn ("all": every kernel this CPU runs);
+# TORCH: a Python interpreter that has torch, for the PyTorch rows (torch is not a dependency).
+KERNELS ?=
+TORCH ?=
+BENCH_OPTIONS := $(if $(KERNELS),--kernels $(filter-out all,$(KERNELS))) $(if $(TORCH),--torch $(TORCH))
+
+bench: venv data  ## the speed benchmark: mlp_core against its floor, PyTorch, plain numpy (KERNELS=all, TORCH=python)
+	$(PY) bench/bench.py $(BENCH_OPTIONS)
 
 clean:  ## remove build products and caches, the run store included (the next report retrains everything)
 	rm -rf report/build report/report.pdf report/report.html .cache .pytest_cache tests/artifacts
