@@ -321,6 +321,11 @@ def test_small_input_errors():
         optimiser.step(model.weights, model.weights[:1])
 
 
+def test_layer_sizes_as_a_numpy_vector_are_plain_integers():
+    config = mlp.RunConfig(layer_sizes=np.array([60, 60, 10]))
+    assert config.layer_sizes == (60, 60, 10) and all(type(s) is int for s in config.layer_sizes)
+
+
 def test_config_normalises_numpy_numbers():
     """numpy numbers (from np.arange, np.linspace, ...) are stored as Python numbers, so the
     configuration can be written to JSON and compared with a plain one."""
@@ -356,6 +361,11 @@ def test_config_normalises_numpy_numbers():
         (dict(learning_rate=True), "learning_rate must be a finite number > 0, got True"),
         (dict(seed=1.0), "seed must be an integer >= 0, got 1.0"),
         (dict(layer_sizes=(64.0, 10)), "layer_sizes must list positive integers"),
+        # a table of sizes (issue 21, point 6): the layer_sizes message, not numpy's
+        (dict(layer_sizes=np.array([[64, 10]])), "layer_sizes must list positive integers"),
+        (dict(layer_sizes=np.array([[64], [10]])), "layer_sizes must list positive integers"),
+        (dict(layer_sizes=[np.array([64]), 10]), "layer_sizes must list positive integers"),
+        (dict(layer_sizes=64), "layer_sizes must list positive integers"),
     ],
 )
 def test_config_rejects_wrong_types(kwargs, message):
