@@ -115,7 +115,7 @@ def check_labels(labels, n: int, num_classes: int) -> np.ndarray:
 def check_inputs(X, input_size: int, dtype: np.dtype) -> np.ndarray:
     """A floating-point batch (N, input_size), returned as `dtype`."""
     X = np.asarray(X)
-    if X.ndim != 2 or X.shape[1] != input_size or not np.issubdtype(X.dtype, np.floating):
+    if X.ndim != 2 or X.shape[1] != input_size or X.dtype.kind != "f":
         raise ValueError(
             f"X must be a floating-point array of shape (N, {input_size}) (normalised pixels "
             f"plus the bias column: see prepare_data), got {X.dtype} {X.shape}"

@@ -246,25 +246,24 @@ class SGD:
         self.learning_rate = check("learning_rate", learning_rate, POSITIVE_REAL)
         self.momentum = check("momentum", momentum, FRACTION)
         self.velocity: list[np.ndarray] | None = None  # dW(t-1), created on the first step
-        self._scratch: list[np.ndarray] | None = None  # lr * dW(t), so a step allocates nothing
 
     def step(self, weights: list[np.ndarray], grads: list[np.ndarray]) -> None:
-        """Update `weights` in place from `grads` (one gradient per weight matrix, same shapes)."""
-        if self._scratch is None:
+        """Update `weights` in place from `grads` (one gradient per weight matrix, same shapes).
+        The gradients are used up: each holds lr * dW(t) afterwards, so a step allocates nothing
+        and moves no more memory than it must."""
+        if self.velocity is None:
             shapes = [w.shape for w in weights]
             if [g.shape for g in grads] != shapes:
                 raise ValueError(
                     f"grads must match the weights one to one, got shapes "
                     f"{[g.shape for g in grads]} for weights {shapes}"
                 )
-            self._scratch = [np.empty_like(w) for w in weights]
-        if self.momentum and self.velocity is None:
-            self.velocity = [np.zeros_like(w) for w in weights]
-        for w, g, tmp, v in zip(weights, grads, self._scratch, self.velocity or grads):
+            self.velocity = [np.zeros_like(w) for w in weights] if self.momentum else []
+        for w, g, v in zip(weights, grads, self.velocity or grads):
             if self.momentum:
                 v *= self.momentum
                 v += g
-            w -= np.multiply(v, self.learning_rate, out=tmp)  # without momentum, v is g itself
+            w -= np.multiply(v, self.learning_rate, out=g)  # without momentum, v is g itself
 
 
 # ==== The numerical gradient check ================================================================

@@ -359,8 +359,9 @@ def _set_blas_threads(counts: list[int]) -> None:
 class _Validations:
     """The validations of a run, measured in the training thread and recorded at once.
 
-    validate(step, grads) validates the weights as they are after step `step`; finish() records
-    what is still in flight (nothing, here); measure() gives (loss, accuracy) of every split now.
+    validate(step, norms) validates the weights as they are after step `step` (whose gradients
+    had the norms `norms`, or None); finish() records what is still in flight (nothing, here);
+    measure() gives (loss, accuracy) of every split now.
     Each recorded validation is passed to `shown(hist)`: the progress bar and the callback."""
 
     def __init__(self, model, hist, splits, rows, should_stop, threads, shown):
@@ -373,9 +374,8 @@ class _Validations:
         self.shown = shown
         self.seconds = 0.0  # spent validating in the training thread, this epoch
 
-    def validate(self, step: int, grads: list[np.ndarray]) -> None:
+    def validate(self, step: int, norms: list[float] | None) -> None:
         t0 = time.perf_counter()
-        norms = _norms(grads) if self.hist.config.record_grad_norms else None
         _record(self.hist, step, self.measure(), norms)
         self.seconds += time.perf_counter() - t0
         self.shown(self.hist)
@@ -415,11 +415,10 @@ class _SecondCoreValidations(_Validations):
         self.helper = ThreadPoolExecutor(1, thread_name_prefix="validations")
         self.in_flight = None  # (step, gradient norms, the futures of its chunks)
 
-    def validate(self, step: int, grads: list[np.ndarray]) -> None:
+    def validate(self, step: int, norms: list[float] | None) -> None:
         self.finish()
         if self.hist.stop_reason != "running":
             return
-        norms = _norms(grads) if self.hist.config.record_grad_norms else None
         self.in_flight = (step, norms, self._post())
 
     def _post(self) -> list:
@@ -618,6 +617,7 @@ def _train_epochs(model, hist, train_set, validations, should_stop):
     batch = np.empty((batch_size, model.input_size), model.dtype)  # the images of one step
     targets = np.empty_like(train_set.Y)  # one-hot targets, in this epoch's order
     labels = np.empty_like(train_set.labels)  # the same, as integers
+    interval = config.validation_interval
     for epoch in range(config.max_epochs):
         t_epoch = time.perf_counter()
         validations.seconds = 0.0
@@ -638,9 +638,12 @@ def _train_epochs(model, hist, train_set, validations, should_stop):
             if not math.isfinite(hist.train_loss[-1]):
                 ending = "a non-finite loss"
                 break
-            optimiser.step(model.weights, model.backward(y_hat, targets[rows], buffers))
-            if step % config.validation_interval == 0:
-                validations.validate(step, buffers.grads)
+            grads = model.backward(y_hat, targets[rows], buffers)
+            validating = step % interval == 0
+            norms = _norms(grads) if validating and config.record_grad_norms else None
+            optimiser.step(model.weights, grads)  # uses the gradients up
+            if validating:
+                validations.validate(step, norms)
                 if hist.stop_reason != "running":
                     break
             if should_stop is not None and should_stop():
