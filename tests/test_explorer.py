@@ -587,12 +587,18 @@ def test_notebook_is_clean_and_short():
         assert stale not in intro
 
 
-def test_voila_server_settings():
-    """explorer/serve.py: every setting that keeps the terminal quiet, the page local and the
-    kernels few (the browser test checks what they do)."""
+def _load_serve():
+    """explorer/serve.py as a module (it is a script, not a package)."""
     spec = importlib.util.spec_from_file_location("serve", REPO / "explorer" / "serve.py")
     serve = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serve)
+    return serve
+
+
+def test_voila_server_settings():
+    """explorer/serve.py: every setting that keeps the terminal quiet, the page local and the
+    kernels few (the browser test checks what they do)."""
+    serve = _load_serve()
     config = serve.config()
     assert config.KernelManager.transport == "ipc"
     assert config.Voila.tornado_settings == {"ws_ping_interval": 0}
@@ -609,6 +615,30 @@ def test_voila_server_settings():
         Path(config.Voila.connection_dir_root) / "voila_12345678" / f"kernel-{'0' * 36}-ipc-65535"
     )
     assert len(str(socket).encode()) < 107  # a Unix socket's path is at most 107 bytes
+
+
+@pytest.mark.parametrize(
+    "options, shown", [([], True), (["--debug"], True), (["--Voila.log_level=WARN"], False)]
+)
+def test_idle_culling_is_logged_at_info(capsys, options, shown):
+    """jupyter_server's culling WARNING reaches the terminal as an INFO line, through Voilà's own
+    logging configuration with serve.py's settings: shown at the default level and with --debug,
+    not at WARN; a dead kernel's culling stays a warning. The browser test sees a real cull."""
+    from voila.app import Voila
+
+    Voila.clear_instance()
+    app = Voila(config=_load_serve().config())
+    app.parse_command_line(options)
+    app.log.warning(
+        "Culling '%s' kernel '%s' (%s) with %d connections due to %s seconds of inactivity.",
+        *("idle", "python3", "k1", 0, 31),
+    )
+    app.log.warning("Culling '%s' dead kernel '%s' (%s).", "dead", "python3", "k2")
+    lines = capsys.readouterr().err.splitlines()
+    idle = "[Voila] Culling 'idle' kernel 'python3' (k1) with 0 connections due to 31 seconds"
+    assert [line for line in lines if "(k1)" in line] == ([idle + " of inactivity."] * shown)
+    assert "[Voila] WARNING | Culling 'dead' dead kernel 'python3' (k2)." in lines
+    Voila.clear_instance()
 
 
 def test_make_explore_runs_the_launcher():
