@@ -1066,7 +1066,9 @@ class Training:
             self.callback_seconds += time.perf_counter() - started
 
 
-def _end_status(config: RunConfig, hist: History | None, seconds: float, error: str):
+def _end_status(
+    config: RunConfig, hist: History | None, seconds: float, error: str
+) -> tuple[str, str]:
     """The status line of a run that ended and the progress bar's style."""
     if error:
         return _error_html(f"Run {config.name} failed: {error}"), "danger"
@@ -1075,8 +1077,7 @@ def _end_status(config: RunConfig, hist: History | None, seconds: float, error: 
     if hist.stop_reason == "diverged":
         return _error_html(hist.message or f"Run {config.name} diverged."), "danger"
     ending = _ending(hist).sentence.format(patience=config.patience)
-    text = f"Run {config.name} {ending} after {hist.steps:,} "
-    text += f"steps in {seconds:.1f} s: "
+    text = f"Run {config.name} {ending} after {hist.steps:,} steps in {seconds:.1f} s: "
     final = hist.final
     if math.isfinite(final.get("val_loss", math.nan)):
         text += (
@@ -1284,7 +1285,9 @@ class Explorer:
         if time.monotonic() - self._last_draw >= self.redraw_interval:
             self._draw()
 
-    def _show_end(self, config: RunConfig, hist: History | None, seconds: float, error: str):
+    def _show_end(
+        self, config: RunConfig, hist: History | None, seconds: float, error: str
+    ) -> None:
         message, style = _end_status(config, hist, seconds, error)
         try:
             if hist is not None:

@@ -368,6 +368,13 @@ def test_voila_explorer_on_a_laptop_screen(page, start_server):
     for css, _, message, good in invalid:
         _type(page, css, good)
         page.locator(f"{css}-message").get_by_text(message).wait_for(state="hidden")
+    # a negative width is a whole number that is not positive (issue 21, point 6)
+    _type(page, ".mlp-hidden", "-5")
+    page.locator(".mlp-hidden-message").get_by_text("widths must be positive").wait_for()
+    _type(page, ".mlp-hidden", "32")
+    page.locator(".mlp-hidden-message").get_by_text("widths must be positive").wait_for(
+        state="hidden"
+    )
     _train_enabled(page)
     assert page.locator(".mlp-invalid").count() == 0
     _type(page, ".mlp-epochs", 200)  # the limit itself is fine
