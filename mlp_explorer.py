@@ -1,25 +1,29 @@
 """An interactive explorer for the MNIST MLP: ipywidgets controls over mlp_core and mlp_plots.
 
-`Explorer` builds the controls of one training run (network, activation, initialisation, SGD
-settings, data subsets, seed), trains with `mlp_core.train` in a background thread so the page stays
-responsive (Stop works while it trains, also inside a long evaluation), redraws the loss and
-accuracy curves at every validation, and keeps a table of every run of the session whose curves can
-be overlaid for comparison.
+`Explorer` puts together four parts, each a class of its own below:
 
-Every number box is one row of `FIELDS`: its RunConfig field, label, CSS class, tooltip and its
-lower and upper bounds with the reason for each upper bound. The bounds are shown beside the boxes
-up front and checked here, all at once: every invalid box is marked and explained under itself, and
-Train stays disabled while any box is invalid; nothing is clamped or ignored silently. Limits that
-are about time (epochs, network size) state how long the run would take on this machine, from
-`SpeedModel`, a cost model measured here in about a tenth of a second and corrected by every
-finished run.
+- `Controls`, the settings of one training run (network, activation, initialisation, SGD settings,
+  data subsets, seed): a number box per row of `FIELDS`, with its limits beside it and its message
+  under it; the lines above Train; Train and Stop;
+- `LiveView`, the loss and accuracy curves (mlp_plots.loss_accuracy_figure), the progress bar and
+  the status line;
+- `RunsPanel`, every run of the session: the Compare list whose selected runs are overlaid, and
+  the table (a row per run, a column per entry of `COLUMNS`);
+- `Training`, the run in progress, trained by mlp_core.train in a background thread so the page
+  stays responsive (Stop works while it trains, also inside a long evaluation), and the finished
+  runs.
 
-It holds no training or plotting math of its own: the configuration is a `mlp_core.RunConfig`, the
-curves are `mlp_plots.plot_loss` and `plot_accuracy`. Plots are rendered off-screen with
-matplotlib's Agg canvas into PNG bytes for an `ipywidgets.Image`, which is safe to update from the
-training thread in JupyterLab, the classic Notebook and Voilà alike; pyplot is never touched.
-matplotlib (through mlp_plots) and pandas are imported only when first needed, so the page shows
-its controls without waiting for them.
+The bounds of every box are shown beside it up front and checked here, all at once: every invalid
+box is marked and explained under itself, and Train stays disabled while any box is invalid;
+nothing is clamped or ignored silently. Limits that are about time (epochs, network size) state
+how long the run would take on this machine, from mlp_speed's cost model, measured here in the
+background once the page is shown and corrected by every finished run.
+
+It holds no training or plotting math of its own. Plots are rendered off-screen with matplotlib's
+Agg canvas into PNG bytes for an `ipywidgets.Image`, which is safe to update from the training
+thread in JupyterLab, the classic Notebook and Voilà alike; pyplot is never drawn with. matplotlib
+(through mlp_plots) and pandas are imported only when first needed, so the page shows its controls
+without waiting for them. The page's styles are explorer/explorer.css.
 
 Usage in a notebook: `ui = Explorer(); ui.widget`. In Voilà: `make explore` (explorer/serve.py).
 """
@@ -34,20 +38,21 @@ import re
 import threading
 import time
 import warnings
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import KW_ONLY, dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple
 
 import ipywidgets as widgets
-import numpy as np
 
 import mlp_core
 from mlp_core import History, RunConfig
+from mlp_speed import SPEED
+from mnist_files import MNIST_FILES
 
 __all__ = [
     "Explorer",
     "FIELDS",
-    "SpeedModel",
-    "SPEED",
+    "STOP_WORDS",
     "parse_hidden_layers",
     "run_labels",
     "MAX_HIDDEN_LAYERS",
@@ -60,28 +65,42 @@ MAX_HIDDEN_LAYERS = 8
 MAX_WIDTH = 2048
 MAX_EPOCHS = 200
 MAX_LEARNING_RATE = 10.0
-N_TRAIN_IMAGES = 60_000
-N_TEST_IMAGES = 10_000
+TRAINING_IMAGES = MNIST_FILES["train_images"].count
+TEST_IMAGES = MNIST_FILES["test_images"].count
 PROTOCOL = RunConfig()  # the assignment's protocol, for the hints beside the controls
 DEFAULTS = RunConfig(n_train=5_000, max_epochs=10)  # a run of a few seconds
 # The largest network the explorer trains, on all training images: the reason for the size limits
 LARGEST = RunConfig(
-    layer_sizes=(MAX_WIDTH,) * MAX_HIDDEN_LAYERS + (mlp_core.NUM_CLASSES,), n_train=N_TRAIN_IMAGES
+    layer_sizes=(MAX_WIDTH,) * MAX_HIDDEN_LAYERS + (mlp_core.NUM_CLASSES,), n_train=TRAINING_IMAGES
 )
 READY = "Set up a network on the left and press <b>Train</b>."
 PLACEHOLDER = "Press Train to start a run, or select runs below to compare them."
+LABEL_STYLE = {"description_width": "140px"}  # the room for the labels left of the controls
+CSS = (Path(__file__).resolve().parent / "explorer" / "explorer.css").read_text(encoding="utf-8")
 
-# How a run ended (History.stop_reason), in words: the table's "ended by" and the status line
-STOP_REASONS = {
-    "max_epochs": ("last epoch", "reached the last epoch"),
-    "early_stopping": (
+
+class Ending(NamedTuple):
+    """How a run ended, in words."""
+
+    short: str  # the table's "ended by" column
+    sentence: str  # the status line: "Run #1 <sentence> after 1,560 steps …"
+
+
+STOP_WORDS = {  # History.stop_reason -> Ending, for each of mlp_core.STOP_REASONS
+    "early_stopping": Ending(
         "early stopping",
         "stopped early (no new lowest validation loss for {patience} validations)",
     ),
-    "stopped": ("stopped by you", "was stopped by you"),
-    "diverged": ("diverged", "diverged"),
-    "interrupted": ("interrupted", "was interrupted"),
+    "max_epochs": Ending("last epoch", "reached the last epoch"),
+    "diverged": Ending("diverged", "diverged"),
+    "stopped": Ending("stopped by you", "was stopped by you"),
+    "interrupted": Ending("interrupted", "was interrupted"),
 }
+
+
+def _ending(hist: History) -> Ending:
+    """How a run ended, in words (a reason STOP_WORDS lacks as it is)."""
+    return STOP_WORDS.get(hist.stop_reason, Ending(hist.stop_reason, hist.stop_reason))
 
 
 def _number(value: float) -> str:
@@ -101,13 +120,8 @@ def _hidden_short(config: RunConfig) -> str:
     return ", ".join(map(str, widths))
 
 
-def _weights(layer_sizes) -> int:
-    """Weights of a network, which are also its multiply-adds per image in a forward pass."""
-    return mlp_core.count_parameters(layer_sizes)
-
-
-def _duration(seconds: float) -> str:
-    """A time in words, to about two significant digits: "0.4 s", "40 s", "3 min", "1.5 h"."""
+def _time_in_words(seconds: float) -> str:
+    """A time to about two significant digits: "0.4 s", "40 s", "3 min", "1.5 h"."""
     if seconds < 10:
         return f"{seconds:.1g} s" if seconds < 1 else f"{seconds:.0f} s"
     if seconds < 90:
@@ -117,152 +131,31 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.2g} h"
 
 
-# ==== How long a run takes on this machine ========================================================
+def _error_html(message: str) -> str:
+    return f"<div class='mlp-error'>⚠ {html.escape(message)}</div>"
 
 
-class SpeedModel:
-    """Seconds per epoch of a RunConfig on this machine, from a cost model measured here.
+# ==== Measuring this machine in the background, once per process ==================================
 
-    An epoch of S steps of batch B with V validations costs about
-
-        S * (step_overhead + step_cost * B * W) + V * (n_train + n_val) * eval_cost * W
-
-    seconds, W being the network's weights (its multiply-adds per image): the steps' Python
-    overhead, the steps' forward and backward products, and the validations' forward passes over
-    both subsets. `calibrate()` measures the three constants with mlp_core.train on random images
-    (networks of 16 and 512 hidden units, the fastest of three tries, about 0.3 s after a warm-up
-    that the first real run would pay anyway). Every finished run then rescales the estimates by
-    the measured over the estimated seconds of all finished epochs so far (`observe`), so they
-    follow this machine's load. On the development machine (2 shared cores) the calibrated
-    estimates were within about 35 % of the measured epochs, from [64] on 5,000 images (0.2 s) to
-    [1024, 1024] on 10,000 (9 s)."""
-
-    PRIOR_SECONDS = 2.0
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.ready = threading.Event()  # set once calibrated
-        self.step_overhead = math.nan  # seconds per step, whatever the network
-        self.step_cost = math.nan  # seconds per multiply-add of a step, per image of the batch
-        self.eval_cost = math.nan  # seconds per multiply-add of an evaluation, per image
-        # measured / estimated seconds of the finished runs' epochs, the calibration counting as
-        # PRIOR_SECONDS of agreement: long runs decide, a run of a split second barely counts
-        self.correction = 1.0
-        self._measured = self._estimated = self.PRIOR_SECONDS
-
-    def calibrate(self) -> None:
-        """Measure the cost model's constants on this machine (about 0.1 s, plus a warm-up).
-        However it ends, `ready` is set; if it failed, the estimates stay None."""
-        try:
-            self._calibrate()
-        finally:
-            self.ready.set()
-
-    def _calibrate(self) -> None:
-        rng = np.random.default_rng(0)
-        images = rng.standard_normal((3200, mlp_core.INPUT_SIZE), dtype=np.float32)
-        images[:, -1] = 1
-        labels = rng.integers(0, mlp_core.NUM_CLASSES, len(images))
-        split = mlp_core.Split(images, mlp_core.one_hot(labels), labels)
-        data = mlp_core.Dataset(split, split, 0.0, 1.0)
-        self._time_epoch(data, width=16, n_train=320, n_val=32)  # warm-up: imports, BLAS pools
-        # the fastest of three: what this machine does when nothing else gets in the way (a busy
-        # machine slows real runs too, and their measurements then correct the estimates)
-        overheads, steps, eval_costs = [], [], []
-        for _ in range(3):
-            overheads.append(self._time_epoch(data, width=16, n_train=3200, n_val=32)[0])
-            step, eval_cost = self._time_epoch(data, width=512, n_train=640, n_val=1408)
-            steps.append(step)
-            eval_costs.append(eval_cost)
-        overhead = min(overheads)
-        step = min(steps)
-        eval_cost = min(eval_costs)
-        batch = RunConfig().batch_size
-        with self._lock:
-            self.step_overhead = overhead
-            self.step_cost = max(0.0, step - overhead) / (batch * _weights((512, 10)))
-            self.eval_cost = eval_cost
-
-    @staticmethod
-    def _time_epoch(data: mlp_core.Dataset, width: int, n_train: int, n_val: int):
-        """Seconds per step, and per multiply-add and image of its one validation, of one epoch."""
-        config = RunConfig(
-            layer_sizes=(width, mlp_core.NUM_CLASSES),
-            n_train=n_train,
-            n_val=n_val,
-            max_epochs=1,
-            validations_per_epoch=1,
-            learning_rate=0.01,
-        )
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            hist = mlp_core.train(config, data, progress=False)
-        validating = hist.epoch_times[0] - hist.step_times[0]
-        per_step = hist.step_times[0] / config.steps_per_epoch
-        return per_step, validating / ((n_train + n_val) * _weights(config.layer_sizes))
-
-    def _raw_epoch_seconds(self, config: RunConfig) -> float:
-        weights = _weights(config.layer_sizes)
-        steps = config.steps_per_epoch
-        validations = steps / config.validation_interval
-        with self._lock:
-            training = steps * (self.step_overhead + self.step_cost * config.batch_size * weights)
-            validating = validations * (config.n_train + config.n_val) * self.eval_cost * weights
-        return training + validating
-
-    def epoch_seconds(self, config: RunConfig) -> float | None:
-        """Estimated seconds per epoch of `config` here; None until calibrated."""
-        if not self.ready.is_set():
-            return None
-        seconds = self._raw_epoch_seconds(config) * self.correction
-        return seconds if math.isfinite(seconds) else None
-
-    def run_seconds(self, config: RunConfig) -> float | None:
-        """Estimated seconds of all of config's epochs and its final evaluation; None until
-        calibrated."""
-        epoch = self.epoch_seconds(config)
-        if epoch is None:
-            return None
-        final = (config.n_train + config.n_val) * self.eval_cost * _weights(config.layer_sizes)
-        return config.max_epochs * epoch + final * self.correction
-
-    def observe(self, hist: History, callback_seconds: float = 0.0) -> None:
-        """Rescale the estimates by a finished run's measured seconds of its complete epochs,
-        less the `callback_seconds` its train() callback took (the explorer's live redraws)."""
-        epochs = hist.epoch_times if hist.stop_reason == "max_epochs" else hist.epoch_times[:-1]
-        if not self.ready.is_set() or not epochs:
-            return
-        share = sum(epochs) / sum(hist.epoch_times)  # of the callbacks, in the complete epochs
-        measured = max(0.0, sum(epochs) - share * callback_seconds)
-        estimated = len(epochs) * self._raw_epoch_seconds(hist.config)
-        if not math.isfinite(estimated) or estimated <= 0:
-            return
-        with self._lock:
-            self._measured += measured
-            self._estimated += estimated
-            self.correction = min(4.0, max(0.25, self._measured / self._estimated))
-
-
-SPEED = SpeedModel()  # one per process (kernel): every Explorer shares the measurement
 CALIBRATION_DELAY = 2.0  # seconds: Voilà sends the page when the cell ends; let it load first
 WARMED_UP = threading.Event()  # set when the background thread is done (calibration, _warm_up)
-_calibration_lock = threading.Lock()
-_calibration_started = False
+_background_lock = threading.Lock()
+_background_started = False
 
 
-def _start_calibration(then: Callable[[], None]) -> None:
+def _calibrate_in_background(then: Callable[[], None]) -> None:
     """In a background thread, once per process: calibrate SPEED, then load what the first run
     needs (_warm_up). `then()` runs as soon as SPEED is ready."""
-    global _calibration_started
-    with _calibration_lock:
-        first = not _calibration_started
-        _calibration_started = True
+    global _background_started
+    with _background_lock:
+        first = not _background_started
+        _background_started = True
 
     def calibrate_then() -> None:
         if first:
             time.sleep(CALIBRATION_DELAY)
             try:
-                SPEED.calibrate()
+                SPEED.calibrated()
             except Exception:  # an estimate is a nicety: without one the limits hold, unexplained
                 pass
         SPEED.ready.wait()
@@ -281,7 +174,7 @@ def _warm_up() -> None:
     mlp_plots, about 1 s) and the default runs' dataset (about 0.5 s), if the MNIST files are
     there (never a download from here: the first run reports a missing file)."""
     folder = mlp_core.mnist_dir()
-    if not all((folder / spec.name).is_file() for spec in mlp_core.MNIST_FILES.values()):
+    if not all((folder / spec.name).is_file() for spec in MNIST_FILES.values()):
         return
     try:
         import mlp_plots  # noqa: F401
@@ -291,15 +184,13 @@ def _warm_up() -> None:
         pass
 
 
-# ==== The number boxes: one row each ==============================================================
+def _dataset(config: RunConfig) -> mlp_core.Dataset:
+    """One prepared dataset serves every subset size up to the protocol's (train() slices it)."""
+    n = PROTOCOL.n_train if config.n_train <= PROTOCOL.n_train else TRAINING_IMAGES
+    return mlp_core.prepare_data(n, config.dtype)
 
 
-def _lr_reason(values: dict) -> str:
-    return (
-        "larger steps overshoot (at α = 30 every network tried, of either activation and "
-        "initialisation, with or without momentum, diverged or stayed below 45 % accuracy); "
-        "the protocol uses 0.1"
-    )
+# ==== The number boxes: a row of FIELDS each ======================================================
 
 
 def _epochs_reason(values: dict) -> str:
@@ -313,87 +204,93 @@ def _epochs_reason(values: dict) -> str:
     if total is not None:
         epoch = SPEED.epoch_seconds(config)
         reason += (
-            f", and {MAX_EPOCHS} epochs of these settings would take about {_duration(total)} "
-            f"here ({_duration(epoch)} an epoch, estimated on this machine)"
+            f", and {MAX_EPOCHS} epochs of these settings would take about "
+            f"{_time_in_words(total)} here ({_time_in_words(epoch)} an epoch, estimated on this "
+            "machine)"
         )
     return reason
 
 
 def _size_reason() -> str:
-    weights = _weights(LARGEST.layer_sizes)
+    weights = mlp_core.count_parameters(LARGEST.layer_sizes)
     reason = f"{MAX_HIDDEN_LAYERS} layers of {MAX_WIDTH:,} ({weights / 1e6:.0f} million weights)"
     epoch = SPEED.epoch_seconds(LARGEST)
     if epoch is None:
         return reason + " are the largest network the explorer trains"
     return (
-        reason + f" already take about {_duration(epoch)} an epoch on all "
-        f"{N_TRAIN_IMAGES:,} training images here"
+        reason + f" already take about {_time_in_words(epoch)} an epoch on all "
+        f"{TRAINING_IMAGES:,} training images here"
     )
 
 
 @dataclass(frozen=True)
 class Field:
-    """One number box of the explorer, everything about it in one place."""
+    """One number box of the explorer: the RunConfig field it sets, then by keyword what it shows
+    and its limits. Its other names come from these: its attribute on Controls is `short` (the
+    field's name unless given), its CSS class "mlp-" and that name (mlp-n-train; the browser tests
+    find it by this), and messages name it by `words` (its label in lower case unless given)."""
 
     name: str  # the RunConfig field it sets
-    attr: str  # the Explorer attribute holding its box (ui.epochs)
+    _: KW_ONLY
     label: str  # the description beside the box
-    words: str  # how messages name it
-    css: str  # the box's CSS class (the browser tests find it by this)
-    tooltip: str  # what it means
     section: str  # "Network", "Training" or "Data"
-    kind: type = int  # int or float; the hidden layers have their own parser
-    least: float = 1  # the smallest value allowed
-    least_open: bool = False  # `least` itself is not allowed (a learning rate must be > 0)
-    most: float | str | None = None  # the largest value, another field's name, or no limit
-    most_open: bool = False  # `most` itself is not allowed (momentum < 1)
-    why_most: str | Callable[[dict], str] = ""  # why `most` is the limit, from the other values
+    tooltip: str  # what it means
+    short: str = ""  # the box's own name where the field's is long: epochs for max_epochs
+    words: str = ""  # how messages name it where that is not the label in lower case
+    kind: type = int  # int or float
+    lower: float = 1  # the smallest value allowed
+    lower_open: bool = False  # `lower` itself is not allowed (a learning rate must be > 0)
+    upper: float | str | None = None  # the largest value, another field's name, or no limit
+    upper_open: bool = False  # `upper` itself is not allowed (momentum < 1)
+    why: str | Callable[[dict], str] = ""  # why `upper` is the limit, from the other values
+
+    def __post_init__(self):
+        object.__setattr__(self, "short", self.short or self.name)
+        object.__setattr__(self, "words", self.words or self.label.lower())
+
+    @property
+    def css(self) -> str:
+        return "mlp-" + self.short.replace("_", "-")
+
+    def help(self) -> str:
+        """The box's tooltip: what it means, its limits in words and, if fixed, their reason."""
+        reason = f" ({self.why})" if self.why and isinstance(self.why, str) else ""
+        return f"{self.tooltip}. Allowed: {self.range_words()}{reason}"
 
     def text(self, config: RunConfig) -> str:
         """The box's text for a configuration."""
-        if self.name == "layer_sizes":
-            return _hidden_text(config)
         value = getattr(config, self.name)
         return _number(value) if self.kind is float else str(value)
 
     @property
     def hint(self) -> str:
         """The limits in a few characters, shown beside the box."""
-        if self.name == "layer_sizes":
-            return f"≤ {MAX_HIDDEN_LAYERS} × {MAX_WIDTH:,}"
-        low = f"{'>' if self.least_open else '≥'} {self.least:g}"
-        if self.most is None:
+        low = f"{'>' if self.lower_open else '≥'} {self.lower:g}"
+        if self.upper is None:
             return low
-        if isinstance(self.most, str):
-            return f"≤ {FIELD[self.most].words}"
+        if isinstance(self.upper, str):
+            return f"≤ {FIELD[self.upper].words}"
         if self.kind is int:
-            return f"{self.least:,} to {self.most:,}"
-        return f"{low}, {'<' if self.most_open else '≤'} {self.most:g}"
+            return f"{self.lower:,} to {self.upper:,}"
+        return f"{low}, {'<' if self.upper_open else '≤'} {self.upper:g}"
 
     def range_words(self) -> str:
         """The limits in words: "from 1 to 200", "of at least 1", "above 0 and at most 10"."""
-        if self.name == "layer_sizes":
-            return (
-                f"widths from 1 to {MAX_WIDTH:,} separated by commas, at most {MAX_HIDDEN_LAYERS}"
-            )
-        if self.most is None:
-            return f"of at least {self.least:,}" if self.kind is int else f"from {self.least:g}"
-        if isinstance(self.most, str):
-            most = f"the {FIELD[self.most].words}"
+        if self.upper is None:
+            return f"of at least {self.lower:,}" if self.kind is int else f"from {self.lower:g}"
+        if isinstance(self.upper, str):
+            upper = f"the {FIELD[self.upper].words}"
         else:
-            most = f"{self.most:,g}"
+            upper = f"{self.upper:,g}"
         if self.kind is int:
-            return f"from {self.least:,} to {most}"
-        if self.least_open:
-            return f"above {self.least:g} and {'below' if self.most_open else 'at most'} {most}"
-        return (
-            f"from {self.least:g} {'up to, but not including,' if self.most_open else 'to'} {most}"
-        )
+            return f"from {self.lower:,} to {upper}"
+        if self.lower_open:
+            return f"above {self.lower:g} and {'below' if self.upper_open else 'at most'} {upper}"
+        including = "up to, but not including," if self.upper_open else "to"
+        return f"from {self.lower:g} {including} {upper}"
 
     def parse(self, text: str):
         """The box's value, or ValueError naming what is wrong and what to type instead."""
-        if self.name == "layer_sizes":
-            return parse_hidden_layers(text) + (mlp_core.NUM_CLASSES,)
         token = text.strip().replace("_", "")
         kind = "whole number" if self.kind is int else "number"
         if not token:
@@ -422,129 +319,129 @@ class Field:
 
     def check(self, value, values: dict) -> str:
         """What is wrong with a parsed value given the other boxes' values; "" if nothing."""
-        if self.name == "layer_sizes":
-            return ""  # parse_hidden_layers checks the widths and their number
         shown = f"{value:,}" if self.kind is int else f"{value:g}"
-        below = value <= self.least if self.least_open else value < self.least
+        below = value <= self.lower if self.lower_open else value < self.lower
         if below:
-            relation = "greater than" if self.least_open else "at least"
-            return f"{self.words} must be {relation} {self.least:,g}, got {shown}"
-        most = values.get(self.most) if isinstance(self.most, str) else self.most
-        if most is None:
+            relation = "greater than" if self.lower_open else "at least"
+            return f"{self.words} must be {relation} {self.lower:,g}, got {shown}"
+        upper = values.get(self.upper) if isinstance(self.upper, str) else self.upper
+        if upper is None:
             return ""
-        above = value >= most if self.most_open else value > most
+        above = value >= upper if self.upper_open else value > upper
         if not above:
             return ""
-        if isinstance(self.most, str):
-            limit = f"the {FIELD[self.most].words} ({most:,})"
+        if isinstance(self.upper, str):
+            limit = f"the {FIELD[self.upper].words} ({upper:,})"
         else:
-            limit = f"{most:,g}"
-        relation = "less than" if self.most_open else "at most"
-        reason = self.why_most(values) if callable(self.why_most) else self.why_most
+            limit = f"{upper:,g}"
+        relation = "less than" if self.upper_open else "at most"
+        reason = self.why(values) if callable(self.why) else self.why
         return f"{self.words} must be {relation} {limit}, got {shown}: {reason}"
 
 
+class HiddenLayersField(Field):
+    """The hidden layers' box: widths separated by commas, read by parse_hidden_layers, which
+    checks the widths and their number."""
+
+    def text(self, config: RunConfig) -> str:
+        return _hidden_text(config)
+
+    @property
+    def hint(self) -> str:
+        return f"≤ {MAX_HIDDEN_LAYERS} × {MAX_WIDTH:,}"
+
+    def range_words(self) -> str:
+        return f"widths from 1 to {MAX_WIDTH:,} separated by commas, at most {MAX_HIDDEN_LAYERS}"
+
+    def parse(self, text: str) -> tuple[int, ...]:
+        return parse_hidden_layers(text) + (mlp_core.NUM_CLASSES,)
+
+    def check(self, value, values: dict) -> str:
+        return ""
+
+
 FIELDS = (
-    Field(
+    HiddenLayersField(
         "layer_sizes",
-        "hidden",
-        "Hidden layers",
-        "hidden layers",
-        "mlp-hidden",
-        "Widths of the hidden layers, separated by commas, e.g. 64 or 60, 60; the output layer "
-        "(10 softmax units) is added",
-        "Network",
+        short="hidden",
+        label="Hidden layers",
+        section="Network",
+        tooltip="Widths of the hidden layers, separated by commas, e.g. 64 or 60, 60; the output "
+        f"layer ({mlp_core.NUM_CLASSES} softmax units) is added",
     ),
     Field(
         "learning_rate",
-        "learning_rate",
-        "Learning rate α",
-        "learning rate α",
-        "mlp-learning-rate",
-        "The SGD step size, e.g. 0.1 or 1e-3; the protocol uses 0.1",
-        "Training",
+        label="Learning rate α",
+        section="Training",
+        tooltip=f"The SGD step size, e.g. 0.1 or 1e-3; the protocol uses {PROTOCOL.learning_rate}",
         kind=float,
-        least=0,
-        least_open=True,
-        most=MAX_LEARNING_RATE,
-        why_most=_lr_reason,
+        lower=0,
+        lower_open=True,
+        upper=MAX_LEARNING_RATE,
+        why="larger steps overshoot (at α = 30 every network tried, of either activation and "
+        "initialisation, with or without momentum, diverged or stayed below 45 % accuracy); "
+        f"the protocol uses {PROTOCOL.learning_rate}",
     ),
     Field(
         "momentum",
-        "momentum",
-        "Momentum γ",
-        "momentum γ",
-        "mlp-momentum",
-        "How much of the previous step each step keeps: 0 switches momentum off; Task 3 uses 0.9",
-        "Training",
+        label="Momentum γ",
+        section="Training",
+        tooltip="How much of the previous step each step keeps: 0 switches momentum off; Task 3 "
+        "uses 0.9",
         kind=float,
-        least=0,
-        most=1,
-        most_open=True,
-        why_most="at γ = 1 past steps never fade and SGD never settles; Task 3 uses 0.9",
+        lower=0,
+        upper=1,
+        upper_open=True,
+        why="at γ = 1 past steps never fade and SGD never settles; Task 3 uses 0.9",
     ),
     Field(
         "batch_size",
-        "batch_size",
-        "Batch size",
-        "batch size",
-        "mlp-batch-size",
-        "Images per SGD step; the last incomplete batch of an epoch is dropped",
-        "Training",
-        most="n_train",
-        why_most="every step takes this many images of the training subset",
+        label="Batch size",
+        section="Training",
+        tooltip="Images per SGD step; the last incomplete batch of an epoch is dropped",
+        upper="n_train",
+        why="every step takes this many images of the training subset",
     ),
     Field(
         "max_epochs",
-        "epochs",
-        "Epochs (max)",
-        "epochs",
-        "mlp-epochs",
-        "The most epochs to train; early stopping can end the run sooner",
-        "Training",
-        most=MAX_EPOCHS,
-        why_most=_epochs_reason,
+        short="epochs",
+        label="Epochs (max)",
+        words="epochs",
+        section="Training",
+        tooltip="The most epochs to train; early stopping can end the run sooner",
+        upper=MAX_EPOCHS,
+        why=_epochs_reason,
     ),
     Field(
         "patience",
-        "patience",
-        "Early-stop patience",
-        "patience",
-        "mlp-patience",
-        "Stop after this many validations without a new lowest validation loss",
-        "Training",
+        label="Early-stop patience",
+        words="patience",
+        section="Training",
+        tooltip="Stop after this many validations without a new lowest validation loss",
     ),
     Field(
         "n_train",
-        "n_train",
-        "Training subset",
-        "training subset",
-        "mlp-n-train",
-        f"The first N of the {N_TRAIN_IMAGES:,} training images (protocol: {PROTOCOL.n_train:,})",
-        "Data",
-        most=N_TRAIN_IMAGES,
-        why_most=f"MNIST has {N_TRAIN_IMAGES:,} training images",
+        label="Training subset",
+        section="Data",
+        tooltip=f"The first N of the {TRAINING_IMAGES:,} training images (protocol: "
+        f"{PROTOCOL.n_train:,})",
+        upper=TRAINING_IMAGES,
+        why=f"MNIST has {TRAINING_IMAGES:,} training images",
     ),
     Field(
         "n_val",
-        "n_val",
-        "Validation subset",
-        "validation subset",
-        "mlp-n-val",
-        f"The first N of the {N_TEST_IMAGES:,} test images (protocol: {PROTOCOL.n_val:,})",
-        "Data",
-        most=N_TEST_IMAGES,
-        why_most=f"the validation images are MNIST's {N_TEST_IMAGES:,} test images",
+        label="Validation subset",
+        section="Data",
+        tooltip=f"The first N of the {TEST_IMAGES:,} test images (protocol: {PROTOCOL.n_val:,})",
+        upper=TEST_IMAGES,
+        why=f"the validation images are MNIST's {TEST_IMAGES:,} test images",
     ),
     Field(
         "seed",
-        "seed",
-        "Seed",
-        "seed",
-        "mlp-seed",
-        "Seeds the initial weights and the shuffling",
-        "Data",
-        least=0,
+        label="Seed",
+        section="Data",
+        tooltip="Seeds the initial weights and the shuffling",
+        lower=0,
     ),
 )
 FIELD = {field.name: field for field in FIELDS}
@@ -561,13 +458,13 @@ def parse_hidden_layers(text: str) -> tuple[int, ...]:
             raise ValueError(
                 f"entry {i} is empty: separate the widths by single commas, e.g. 60, 60"
             )
-        if not token.isdecimal():
+        if not re.fullmatch(r"[+-]?\d+", token):
             raise ValueError(
                 f"{token!r} is not a whole number: widths are positive integers, e.g. 64"
             )
         width = int(token)
         if width < 1:
-            raise ValueError(f"a layer needs at least 1 unit, got {width}")
+            raise ValueError(f"widths must be positive: a layer needs at least 1 unit, got {width}")
         if width > MAX_WIDTH:
             raise ValueError(
                 f"a layer has at most {MAX_WIDTH:,} units, got {width:,}: {_size_reason()}"
@@ -580,7 +477,210 @@ def parse_hidden_layers(text: str) -> tuple[int, ...]:
     return tuple(widths)
 
 
-# ==== Labels of runs ==============================================================================
+def _settings_summary(config: RunConfig | None, problems: dict) -> str:
+    """Above Train: what is left to fix, or the network, its steps and its estimated time."""
+    if config is None:
+        count = len(problems)
+        return _error_html(
+            f"Fix the {count} setting{'s' * (count > 1)} marked in red to train."
+            if count > 1
+            else "Fix the setting marked in red to train."
+        )
+    sizes = " → ".join(map(str, (mlp_core.INPUT_SIZE,) + config.layer_sizes))
+    lines = [
+        f"{sizes}: {mlp_core.count_parameters(config.layer_sizes):,} weights",
+        f"{config.steps_per_epoch:,} steps per epoch, validation every "
+        f"{config.validation_interval:,} steps",
+    ]
+    epoch = SPEED.epoch_seconds(config)
+    total = SPEED.run_seconds(config)
+    if epoch is None:
+        lines.append("measuring this machine's speed…")
+    else:
+        epochs = f"{config.max_epochs} epoch" + "s" * (config.max_epochs != 1)
+        lines.append(
+            f"about {_time_in_words(epoch)} per epoch here, {epochs} in about "
+            f"{_time_in_words(total)}"
+        )
+    return "<div class='mlp-info'>" + "<br>".join(html.escape(line) for line in lines) + "</div>"
+
+
+# ==== The controls ===============================================================================
+
+
+class Controls:
+    """The settings of a run: a number box per FIELDS row (each also an attribute by its short
+    name: `controls.epochs`), its limits beside it and its message under it; the activation and
+    initialisation dropdowns; above Train, the network or what is left to fix; Train and Stop.
+    The number boxes are text boxes: set them from Python with strings."""
+
+    def __init__(self, defaults: RunConfig):
+        self.boxes: dict[str, widgets.Text] = {}  # by RunConfig field
+        self.messages: dict[str, widgets.HTML] = {}  # under each box, shown when it is invalid
+        self.rows: dict[str, widgets.VBox] = {}  # box, limits and message of each field
+        for field in FIELDS:
+            self._add_number_box(field, defaults)
+        wide = widgets.Layout(width="390px", margin="1px 0")
+        self.activation = widgets.Dropdown(
+            options=[("sigmoid", "sigmoid"), ("improved sigmoid", "improved_sigmoid")],
+            value=defaults.activation,
+            description="Activation",
+            tooltip="improved sigmoid: 1.7159 tanh(2z/3)",
+            style=LABEL_STYLE,
+            layout=wide,
+        )
+        self.activation.add_class("mlp-activation")
+        self.init = widgets.Dropdown(
+            options=[("uniform in [-1, 1]", "uniform"), ("normal, std 1/√fan-in", "fan_in")],
+            value=defaults.init,
+            description="Initialisation",
+            style=LABEL_STYLE,
+            layout=wide,
+        )
+        self.init.add_class("mlp-init")
+        self.config_info = widgets.HTML(
+            "", layout=widgets.Layout(width="390px", margin="4px 0 0 0")
+        )
+        self.config_info.add_class("mlp-config-info")
+        self.train_button = widgets.Button(
+            description="Train",
+            button_style="primary",
+            icon="play",
+            tooltip="Train a network with these settings",
+        )
+        self.train_button.add_class("mlp-train")
+        self.stop_button = widgets.Button(
+            description="Stop",
+            button_style="danger",
+            icon="stop",
+            disabled=True,
+            tooltip="Stop the run now (within about a second, also during a validation)",
+        )
+        self.stop_button.add_class("mlp-stop")
+
+    def _add_number_box(self, field: Field, defaults: RunConfig) -> None:
+        box = widgets.Text(
+            value=field.text(defaults),
+            description=field.label,
+            tooltip=field.help(),
+            placeholder=field.hint,
+            style=LABEL_STYLE,
+            layout=widgets.Layout(width="280px", margin="1px 0"),
+            continuous_update=True,
+        )
+        box.add_class(field.css)
+        hint = widgets.HTML(
+            field.hint, layout=widgets.Layout(width="104px", margin="1px 0 1px 6px")
+        )
+        hint.add_class("mlp-hint")
+        message = widgets.HTML(
+            "", layout=widgets.Layout(width="390px", margin="0 0 2px 0", display="none")
+        )
+        message.add_class("mlp-message")
+        message.add_class(f"{field.css}-message")
+        self.boxes[field.name] = box
+        self.messages[field.name] = message
+        self.rows[field.name] = widgets.VBox([widgets.HBox([box, hint]), message])
+        setattr(self, field.short, box)
+
+    def on_change(self, callback: Callable[[], object]) -> None:
+        """Call `callback()` whenever a box or dropdown changes."""
+        for control in (self.activation, self.init, *self.boxes.values()):
+            control.observe(lambda _: callback(), names="value")
+
+    def read(self) -> tuple[RunConfig | None, dict[str, str]]:
+        """The RunConfig the controls describe, or None and {field: message} for every invalid
+        box."""
+        values, problems = {}, {}
+        for field in FIELDS:
+            try:
+                values[field.name] = field.parse(self.boxes[field.name].value)
+            except ValueError as exc:
+                problems[field.name] = str(exc)
+        for field in FIELDS:  # after parsing all: a bound can be another box's value
+            if field.name in values:
+                message = field.check(values[field.name], values)
+                if message:
+                    problems[field.name] = message
+        if problems:
+            return None, problems
+        try:
+            config = RunConfig(activation=self.activation.value, init=self.init.value, **values)
+        except ValueError as exc:  # not expected: FIELDS check what RunConfig checks, and more
+            name = str(exc).split()[0]
+            return None, {name if name in FIELD else "layer_sizes": str(exc)}
+        return config, {}
+
+    def show(self, config: RunConfig | None, problems: dict[str, str], running: bool) -> None:
+        """Explain every problem under its box and enable Train only when all is well and no run
+        is in progress. Train is disabled before a message appears and enabled after the last one
+        went, so the page never shows a message beside an enabled Train."""
+        if config is None or running:
+            self.train_button.disabled = True
+        for field in FIELDS:
+            self._show_problem(field, problems.get(field.name, ""))
+        self.config_info.value = _settings_summary(config, problems)
+        if config is not None and not running:
+            self.train_button.disabled = False
+
+    def _show_problem(self, field: Field, message: str) -> None:
+        box = self.boxes[field.name]
+        note = self.messages[field.name]
+        if message:
+            box.add_class("mlp-invalid")
+            note.value = _error_html(message)
+            note.layout.display = None
+        else:
+            note.layout.display = "none"
+            note.value = ""
+            box.remove_class("mlp-invalid")
+
+
+# ==== The live view ==============================================================================
+
+
+class LiveView:
+    """The plot of the selected runs and the run in progress (a placeholder until there is one
+    to plot: matplotlib is loaded then), the progress bar of the run in progress and the status
+    line."""
+
+    def __init__(self):
+        self.plot = widgets.Image(
+            format="png",
+            layout=widgets.Layout(width="100%", max_width="912px", height="auto", display="none"),
+        )
+        self.plot.add_class("mlp-plot")
+        self.placeholder = widgets.HTML(
+            html.escape(PLACEHOLDER), layout=widgets.Layout(width="100%", max_width="912px")
+        )
+        self.placeholder.add_class("mlp-placeholder")
+        self.progress = widgets.IntProgress(
+            value=0, min=0, max=1, layout=widgets.Layout(width="98%")
+        )
+        self.progress.add_class("mlp-progress")
+        self.status = widgets.HTML(READY, layout=widgets.Layout(width="98%"))
+        self.status.add_class("mlp-status")
+
+    def show_figure(self, figure) -> None:
+        """Show a matplotlib Figure (with an Agg canvas) in place of the placeholder."""
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        self.plot.value = buffer.getvalue()
+        self.plot.layout.display = None
+        self.placeholder.layout.display = "none"
+
+    def show_placeholder(self) -> None:
+        self.placeholder.layout.display = None
+        self.plot.layout.display = "none"
+
+    def reset(self) -> None:
+        """No run: an empty bar and the first status line."""
+        self.progress.bar_style = ""
+        self.progress.value = 0
+        self.status.value = READY
+
+
+# ==== The runs of the session: the Compare list and the table =====================================
 
 # A run's settings as legends and the Compare list write them, in this order
 _SETTINGS = {
@@ -616,7 +716,12 @@ def run_labels(configs, always=()) -> list[str]:
     return labels
 
 
-# ==== The runs table: one row per column ==========================================================
+def _run_id(hist: History) -> int:
+    return int(hist.config.name.lstrip("#"))
+
+
+def _color(run_id: int) -> str:
+    return f"C{(run_id - 1) % 10}"
 
 
 @dataclass(frozen=True)
@@ -635,16 +740,36 @@ def _fixed(digits: int, unit: str = "") -> Callable[[float], str]:
     return lambda v: "–" if math.isnan(v) else f"{v:.{digits}f}{unit}"
 
 
-def _final(key: str, scale: float = 1.0) -> Callable[[History], float]:
-    return lambda h: scale * h.final.get(key, math.nan)
-
-
 FINAL_NOTE = (
     "the final weights, evaluated once when the run ends, after its last step; the last "
     "validation can come a few steps earlier, so the final validation loss can sit a little above "
     "or below the lowest one. A stopped run has no final evaluation (–): its validations are in "
     "the plot."
 )
+
+
+def _final(metric: str, scale: float = 1.0) -> Callable[[History], float]:
+    return lambda h: scale * h.final.get(metric, math.nan)
+
+
+def _final_column(metric: str) -> Column:
+    """The column of one of mlp_core.FINAL_METRICS: losses to 4 decimals, accuracies in %."""
+    header = metric.replace("_", " ")  # "val loss"
+    if metric.endswith("_acc"):
+        return Column(
+            f"{header} (%)", header, "final weights", _final(metric, 100), _fixed(2, " %")
+        )
+    tooltip = FINAL_NOTE if metric == "val_loss" else ""
+    return Column(header, header, "final weights", _final(metric), _fixed(4), tooltip)
+
+
+def _seconds_per_epoch(hist: History, update_seconds: float) -> float:
+    """Mean seconds per epoch, less the `update_seconds` the explorer's live updates took."""
+    if not hist.epoch_times:
+        return math.nan
+    return max(0.0, sum(hist.epoch_times) - update_seconds) / len(hist.epoch_times)
+
+
 COLUMNS = (
     Column("run", "run", "", lambda h: h.config.name, tooltip="as in the legends"),
     Column(
@@ -663,12 +788,7 @@ COLUMNS = (
     Column("train n", "train n", "data", lambda h: h.config.n_train, "{:,}".format),
     Column("val n", "val n", "data", lambda h: h.config.n_val, "{:,}".format),
     Column("seed", "seed", "data", lambda h: h.config.seed),
-    Column("train loss", "train loss", "final weights", _final("train_loss"), _fixed(4)),
-    Column("val loss", "val loss", "final weights", _final("val_loss"), _fixed(4), FINAL_NOTE),
-    Column(
-        "train acc (%)", "train acc", "final weights", _final("train_acc", 100), _fixed(2, " %")
-    ),
-    Column("val acc (%)", "val acc", "final weights", _final("val_acc", 100), _fixed(2, " %")),
+    *(_final_column(metric) for metric in mlp_core.FINAL_METRICS),
     Column(
         "best val loss",
         "lowest val loss",
@@ -690,7 +810,7 @@ COLUMNS = (
         "stopped by",
         "ended by",
         "run",
-        lambda h: STOP_REASONS.get(h.stop_reason, (h.stop_reason,))[0],
+        lambda h: _ending(h).short,
     ),
     Column(
         "s / epoch",
@@ -703,16 +823,20 @@ COLUMNS = (
 )
 
 
-def _seconds_per_epoch(hist: History, update_seconds: float) -> float:
-    """Mean seconds per epoch, less the `update_seconds` the explorer's live updates took."""
-    if not hist.epoch_times:
-        return math.nan
-    return max(0.0, sum(hist.epoch_times) - update_seconds) / len(hist.epoch_times)
+def table_rows(histories: list[History], update_seconds: dict[str, float]) -> list[dict]:
+    """{column: value} of every run, as Explorer.results() and the table show them; the seconds
+    per epoch without the `update_seconds` (by run name) that the live updates took."""
+    rows = []
+    for hist in histories:
+        row = {column.name: column.value(hist) for column in COLUMNS}
+        row["s / epoch"] = _seconds_per_epoch(hist, update_seconds.get(hist.config.name, 0.0))
+        rows.append(row)
+    return rows
 
 
 def _table_html(rows: list[dict]) -> str:
-    """The runs table of Explorer._rows(): a header of column groups, a row per run, and what
-    "final" means."""
+    """The runs table of table_rows(): a header of column groups, a row per run, and what "final"
+    means."""
     groups = []  # (group, number of columns)
     for column in COLUMNS:
         if groups and groups[-1][0] == column.group:
@@ -744,7 +868,59 @@ def _table_html(rows: list[dict]) -> str:
     )
 
 
-# ==== Helpers =====================================================================================
+class RunsPanel:
+    """Every finished run of the session: the Compare list (its selected runs are plotted),
+    Select all, Clear runs, and the table. `on_selection()` is called when the user changes the
+    selection, not when `set_runs()` does."""
+
+    def __init__(self, on_selection: Callable[[], object]):
+        self.compare = widgets.SelectMultiple(
+            options=[],
+            rows=6,
+            description="Compare",
+            tooltip="Select runs (Ctrl/Shift-click) to overlay their curves",
+            layout=widgets.Layout(width="760px", max_width="100%"),
+        )
+        self.compare.add_class("mlp-runs-list")
+        self.select_all_button = widgets.Button(
+            description="Select all", icon="check-square", layout=widgets.Layout(width="140px")
+        )
+        self.clear_button = widgets.Button(
+            description="Clear runs",
+            icon="trash",
+            layout=widgets.Layout(width="140px"),
+            tooltip="Forget every finished run of this session",
+        )
+        self.clear_button.add_class("mlp-clear")
+        self.table = widgets.HTML("", layout=widgets.Layout(width="100%", overflow="auto"))
+        self.table.add_class("mlp-runs")
+        self._on_selection = on_selection
+        self._listing = False  # set_runs() is changing the selection, not the user
+        self.compare.observe(self._selection_changed, names="value")
+
+    def _selection_changed(self, change) -> None:
+        if not self._listing:
+            self._on_selection()
+
+    def set_runs(self, histories: list[History], selected: tuple[int, ...]) -> None:
+        """List these runs, each by what differs, with the runs of the `selected` ids selected."""
+        self._listing = True
+        try:
+            labels = run_labels([h.config for h in histories], always=MAIN_SETTINGS)
+            self.compare.options = [(label, _run_id(h)) for label, h in zip(labels, histories)]
+            ids = {_run_id(h) for h in histories}
+            self.compare.value = tuple(i for i in selected if i in ids)
+        finally:
+            self._listing = False
+
+    def select_all(self) -> None:
+        self.compare.value = tuple(value for _, value in self.compare.options)
+
+    def show_rows(self, rows: list[dict]) -> None:
+        self.table.value = _table_html(rows) if rows else "<i style='color:#777'>No runs yet.</i>"
+
+
+# ==== Training in a background thread =============================================================
 
 
 def _snapshot(hist: History) -> History:
@@ -766,47 +942,209 @@ def _snapshot(hist: History) -> History:
     )
 
 
-def _dataset(config: RunConfig) -> mlp_core.Dataset:
-    """One prepared dataset serves every subset size up to the protocol's (train() slices it)."""
-    n = PROTOCOL.n_train if config.n_train <= PROTOCOL.n_train else N_TRAIN_IMAGES
-    return mlp_core.prepare_data(n, config.dtype)
+class Training:
+    """The run in progress, trained by mlp_core.train in a background thread, and every finished
+    run of the session (`histories`, in order), all under one lock. The page learns what happens
+    through the callbacks: `on_training(config)` once the data is loaded, `on_validation(history)`
+    after every validation, `on_end(config, history or None, seconds, error or "")` when the run
+    ended (under the lock, with the run already among the finished), `on_idle()` once it is no
+    longer running."""
+
+    def __init__(
+        self,
+        *,
+        on_training: Callable[[RunConfig], object],
+        on_validation: Callable[[History], object],
+        on_end: Callable[[RunConfig, History | None, float, str], object],
+        on_idle: Callable[[], object],
+    ):
+        self.lock = threading.RLock()
+        self.histories: list[History] = []  # finished runs, in order
+        self.live: History | None = None  # snapshot of the run in progress
+        self.callback_seconds = 0.0  # of the run in progress: its live updates
+        self.update_seconds: dict[str, float] = {}  # of every finished run, by its name
+        self._next_id = 1
+        self._thread: threading.Thread | None = None
+        self._stop_event = threading.Event()
+        self._on_training = on_training
+        self._on_validation = on_validation
+        self._on_end = on_end
+        self._on_idle = on_idle
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_event.is_set()
+
+    def as_next_run(self, config: RunConfig) -> RunConfig:
+        """The configuration named as the next run: #1, #2, ..."""
+        return config.replace(name=f"#{self._next_id}")
+
+    def start(self, config: RunConfig) -> None:
+        """Train a config named by as_next_run() in a background thread."""
+        self._next_id += 1
+        self._stop_event.clear()
+        self.callback_seconds = 0.0
+        self._thread = threading.Thread(
+            target=self._run, args=(config,), name="mlp-explorer-train", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> bool:
+        """Ask the run in progress to stop (train() looks after every step and between the chunks
+        of an evaluation); False if there is none or it was asked already."""
+        if not self.running or self._stop_event.is_set():
+            return False
+        self._stop_event.set()
+        return True
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the run in progress to end; True if no run is in progress any more."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+        return not self.running
+
+    def forget(self) -> None:
+        """Forget every finished run; the numbering starts again unless a run is in progress."""
+        with self.lock:
+            self.histories = []
+            self.update_seconds = {}
+            if not self.running:
+                self._next_id = 1
+
+    def finished(self) -> tuple[list[History], dict[str, float]]:
+        """Copies of the finished runs and of their live updates' seconds by name."""
+        with self.lock:
+            return list(self.histories), dict(self.update_seconds)
+
+    def _run(self, config: RunConfig) -> None:
+        hist = None
+        error = ""
+        started = time.perf_counter()
+        try:
+            data = _dataset(config)
+            if not self._stop_event.is_set():
+                self._on_training(config)
+                # train() warns (RuntimeWarning) when a run diverges; the page shows its message
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    hist = mlp_core.train(
+                        config,
+                        data,
+                        progress=False,
+                        callback=self._validated,
+                        should_stop=self._stop_event.is_set,
+                    )
+                SPEED.observe(hist, callback_seconds=self.callback_seconds)
+        except Exception as exc:  # never a traceback in the page: say what went wrong
+            error = str(exc) or type(exc).__name__
+        finally:
+            try:
+                with self.lock:
+                    self.live = None
+                    if hist is not None:
+                        self.histories.append(hist)
+                        self.update_seconds[config.name] = self.callback_seconds
+                    self._on_end(config, hist, time.perf_counter() - started, error)
+            finally:
+                if threading.current_thread() is self._thread:
+                    self._thread = None
+                self._on_idle()
+
+    def _validated(self, hist: History) -> None:
+        started = time.perf_counter()
+        try:
+            snapshot = _snapshot(hist)
+            with self.lock:
+                self.live = snapshot
+            self._on_validation(hist)
+        finally:
+            self.callback_seconds += time.perf_counter() - started
 
 
-def _run_id(hist: History) -> int:
-    return int(hist.config.name.lstrip("#"))
+def _end_status(
+    config: RunConfig, hist: History | None, seconds: float, error: str
+) -> tuple[str, str]:
+    """The status line of a run that ended and the progress bar's style."""
+    if error:
+        return _error_html(f"Run {config.name} failed: {error}"), "danger"
+    if hist is None:
+        return f"Run {config.name} was stopped before it started.", "warning"
+    if hist.stop_reason == "diverged":
+        return _error_html(hist.message or f"Run {config.name} diverged."), "danger"
+    ending = _ending(hist).sentence.format(patience=config.patience)
+    text = f"Run {config.name} {ending} after {hist.steps:,} steps in {seconds:.1f} s: "
+    final = hist.final
+    if math.isfinite(final.get("val_loss", math.nan)):
+        text += (
+            f"validation loss {final['val_loss']:.4f}, accuracy {100 * final['val_acc']:.2f} % "
+            f"(training accuracy {100 * final['train_acc']:.2f} %)."
+        )
+    elif hist.val_steps:
+        text += (
+            f"at its last validation (step {hist.val_steps[-1]:,}) the validation loss was "
+            f"{hist.val_loss[-1]:.4f}, the accuracy {100 * hist.val_acc[-1]:.2f} %."
+        )
+    else:
+        text += "it ended before its first validation."
+    return text, ("success" if hist.completed else "warning")
 
 
-def _color(run_id: int) -> str:
-    return f"C{(run_id - 1) % 10}"
+# ==== The layout ==================================================================================
 
 
-def _error_html(message: str) -> str:
-    return f"<div class='mlp-error'>⚠ {html.escape(message)}</div>"
+def _page(controls: Controls, live: LiveView, runs: RunsPanel) -> widgets.VBox:
+    """The settings on the left and the live view beside them (below them on a narrow screen),
+    the runs of the session under both; the styles of explorer/explorer.css first."""
 
+    def section(title: str) -> widgets.HTML:
+        return widgets.HTML(
+            f"<b>{html.escape(title)}</b>", layout=widgets.Layout(margin="6px 0 0 0")
+        )
 
-_CSS = """<style>
-.mlp-explorer .mlp-hint { color: #666; font-size: 12px; white-space: nowrap; }
-.mlp-explorer .mlp-message .widget-html-content { line-height: 1.3; }
-.mlp-explorer .mlp-error { color: #b00020; font-size: 12px; line-height: 1.3; white-space: normal; }
-.mlp-explorer .mlp-info { color: #555; font-size: 12px; line-height: 1.4; }
-.mlp-explorer .mlp-invalid input { border-color: #b00020; box-shadow: inset 0 0 0 1px #b00020; }
-.mlp-explorer .mlp-runs-list select { font-variant-numeric: tabular-nums; }
-.mlp-explorer .mlp-placeholder { box-sizing: border-box; aspect-ratio: 912 / 372;
-  border: 1px dashed rgba(128, 128, 128, 0.5); color: #777; }
-.mlp-explorer .mlp-placeholder .widget-html-content { margin: auto; text-align: center; }
-.mlp-explorer-table { border-collapse: collapse; font-size: 12px;
-  font-variant-numeric: tabular-nums; }
-.mlp-explorer-table th, .mlp-explorer-table td { padding: 2px 4px; text-align: right;
-  white-space: nowrap; border-bottom: 1px solid rgba(128, 128, 128, 0.25); }
-.mlp-explorer-table th { font-weight: 600; border-bottom: 1px solid rgba(128, 128, 128, 0.7); }
-.mlp-explorer-table th[title]:not([title='']) { text-decoration: underline dotted; cursor: help; }
-.mlp-explorer-table th.mlp-group { text-align: center; font-weight: 500; color: #555;
-  border-bottom: 1px solid rgba(128, 128, 128, 0.4); }
-.mlp-explorer-table td:first-child, .mlp-explorer-table th:first-child { text-align: left; }
-.mlp-explorer-table tbody tr:hover { background: rgba(128, 128, 128, 0.1); }
-.mlp-explorer .mlp-table-note { color: #666; font-size: 11px; line-height: 1.35;
-  max-width: 1100px; margin-top: 4px; white-space: normal; }
-</style>"""
+    sections: dict[str, list] = {}
+    for field in FIELDS:
+        sections.setdefault(field.section, []).append(controls.rows[field.name])
+    sections["Network"] += [controls.activation, controls.init]
+    buttons = widgets.HBox(
+        [controls.train_button, controls.stop_button], layout=widgets.Layout(margin="6px 0 0 0")
+    )
+    settings = widgets.VBox(
+        [item for title, items in sections.items() for item in (section(title), *items)]
+        + [controls.config_info, buttons],
+        layout=widgets.Layout(width="400px", min_width="400px"),
+    )
+    plots = widgets.VBox(
+        [live.plot, live.placeholder, live.progress, live.status],
+        layout=widgets.Layout(flex="1 1 560px", min_width="480px"),
+    )
+    session = widgets.VBox(
+        [
+            widgets.HTML(
+                "<b>Runs of this session</b> — select runs to overlay their curves "
+                "(solid: training, dashed: validation)."
+            ),
+            widgets.HBox([runs.compare, widgets.VBox([runs.select_all_button, runs.clear_button])]),
+            runs.table,
+        ],
+        layout=widgets.Layout(margin="12px 0 0 0"),
+    )
+    page = widgets.VBox(
+        [
+            widgets.HTML(f"<style>\n{CSS}</style>", layout=widgets.Layout(display="none")),
+            widgets.HBox(
+                [settings, plots],
+                layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start"),
+            ),
+            session,
+        ]
+    )
+    page.add_class("mlp-explorer")
+    return page
 
 
 # ==== The explorer ================================================================================
@@ -818,349 +1156,108 @@ class Explorer:
     `defaults` sets the initial control values (a RunConfig; the hidden layers, activation,
     initialisation, learning rate, momentum, batch size, epochs, subsets, patience and seed are
     taken from it). `redraw_interval` is the least number of seconds between two live redraws.
-    The number boxes are text boxes: set them from Python with strings, e.g.
-    `ui.epochs.value = "20"`.
+    Its parts: `controls` (the number boxes are text boxes: set them from Python with strings,
+    e.g. `ui.controls.epochs.value = "20"`), `live`, `runs_panel` and `training`.
     """
 
     def __init__(self, defaults: RunConfig = DEFAULTS, *, redraw_interval: float = 0.5):
         self.redraw_interval = float(redraw_interval)
-        self.histories: list[History] = []  # finished runs, in order
-        self._live: History | None = None  # snapshot of the run in progress
-        self._thread: threading.Thread | None = None
-        self._stop_event = threading.Event()
-        self._lock = threading.RLock()
-        self._next_id = 1
         self._last_draw = 0.0
-        self._callback_seconds = 0.0  # of the run in progress: its live updates
-        self._update_seconds: dict[str, float] = {}  # of every finished run, by its name
-        self._syncing_selection = False
-
-        label = {"description_width": "140px"}
-        wide = widgets.Layout(width="390px", margin="1px 0")
-
-        def section(title: str) -> widgets.HTML:
-            return widgets.HTML(
-                f"<b>{html.escape(title)}</b>", layout=widgets.Layout(margin="6px 0 0 0")
-            )
-
-        # The number boxes, from FIELDS: the box, its limits beside it, its message under it
-        self.boxes: dict[str, widgets.Text] = {}
-        self.messages: dict[str, widgets.HTML] = {}
-        rows: dict[str, widgets.VBox] = {}
-        for field in FIELDS:
-            reason = field.why_most if isinstance(field.why_most, str) else ""
-            box = widgets.Text(
-                value=field.text(defaults),
-                description=field.label,
-                tooltip=f"{field.tooltip}. Allowed: {field.range_words()}"
-                + (f" ({reason})" if reason else ""),
-                placeholder=field.hint,
-                style=label,
-                layout=widgets.Layout(width="280px", margin="1px 0"),
-                continuous_update=True,
-            )
-            box.add_class(field.css)
-            hint = widgets.HTML(
-                field.hint, layout=widgets.Layout(width="104px", margin="1px 0 1px 6px")
-            )
-            hint.add_class("mlp-hint")
-            message = widgets.HTML(
-                "", layout=widgets.Layout(width="390px", margin="0 0 2px 0", display="none")
-            )
-            message.add_class("mlp-message")
-            message.add_class(f"{field.css}-message")
-            self.boxes[field.name] = box
-            self.messages[field.name] = message
-            setattr(self, field.attr, box)
-            rows[field.name] = widgets.VBox([widgets.HBox([box, hint]), message])
-
-        self.activation = widgets.Dropdown(
-            options=[("sigmoid", "sigmoid"), ("improved sigmoid", "improved_sigmoid")],
-            value=defaults.activation,
-            description="Activation",
-            tooltip="improved sigmoid: 1.7159 tanh(2z/3)",
-            style=label,
-            layout=wide,
+        self.controls = Controls(defaults)
+        self.live = LiveView()
+        self.runs_panel = RunsPanel(on_selection=self._draw)
+        self.training = Training(
+            on_training=self._show_training,
+            on_validation=self._show_validation,
+            on_end=self._show_end,
+            on_idle=self.check,
         )
-        self.init = widgets.Dropdown(
-            options=[("uniform in [-1, 1]", "uniform"), ("normal, std 1/√fan-in", "fan_in")],
-            value=defaults.init,
-            description="Initialisation",
-            style=label,
-            layout=wide,
-        )
-        self.activation.add_class("mlp-activation")
-        self.init.add_class("mlp-init")
-        self.config_info = widgets.HTML(
-            "", layout=widgets.Layout(width="390px", margin="4px 0 0 0")
-        )
-        self.config_info.add_class("mlp-config-info")
-
-        self.train_button = widgets.Button(
-            description="Train",
-            button_style="primary",
-            icon="play",
-            tooltip="Train a network with these settings",
-        )
-        self.stop_button = widgets.Button(
-            description="Stop",
-            button_style="danger",
-            icon="stop",
-            disabled=True,
-            tooltip="Stop the run now (within about a second, also during a validation)",
-        )
-        self.train_button.add_class("mlp-train")
-        self.stop_button.add_class("mlp-stop")
-        self.train_button.on_click(lambda _: self.train())
-        self.stop_button.on_click(lambda _: self.stop())
-
-        # Live view: a placeholder until there is something to plot (matplotlib is loaded then)
-        self.plot = widgets.Image(
-            format="png",
-            layout=widgets.Layout(width="100%", max_width="912px", height="auto", display="none"),
-        )
-        self.plot.add_class("mlp-plot")
-        self.placeholder = widgets.HTML(
-            html.escape(PLACEHOLDER), layout=widgets.Layout(width="100%", max_width="912px")
-        )
-        self.placeholder.add_class("mlp-placeholder")
-        self.progress = widgets.IntProgress(
-            value=0, min=0, max=1, layout=widgets.Layout(width="98%")
-        )
-        self.progress.add_class("mlp-progress")
-        self.status = widgets.HTML(READY, layout=widgets.Layout(width="98%"))
-        self.status.add_class("mlp-status")
-
-        # Runs
-        self.runs = widgets.SelectMultiple(
-            options=[],
-            rows=6,
-            description="Compare",
-            tooltip="Select runs (Ctrl/Shift-click) to overlay their curves",
-            layout=widgets.Layout(width="760px", max_width="100%"),
-        )
-        self.runs.add_class("mlp-runs-list")
-        self.select_all_button = widgets.Button(
-            description="Select all", icon="check-square", layout=widgets.Layout(width="140px")
-        )
-        self.clear_button = widgets.Button(
-            description="Clear runs",
-            icon="trash",
-            layout=widgets.Layout(width="140px"),
-            tooltip="Forget every finished run of this session",
-        )
-        self.clear_button.add_class("mlp-clear")
-        self.select_all_button.on_click(lambda _: self.select_all())
-        self.clear_button.on_click(lambda _: self.clear())
-        self.runs.observe(self._on_selection, names="value")
-        self.table = widgets.HTML("", layout=widgets.Layout(width="100%", overflow="auto"))
-        self.table.add_class("mlp-runs")
-
-        for control in (self.activation, self.init, *self.boxes.values()):
-            control.observe(lambda _: self._check(), names="value")
-
-        sections = {}
-        for field in FIELDS:
-            sections.setdefault(field.section, []).append(rows[field.name])
-        sections["Network"] += [self.activation, self.init]
-        controls = widgets.VBox(
-            [item for title, items in sections.items() for item in (section(title), *items)]
-            + [
-                self.config_info,
-                widgets.HBox(
-                    [self.train_button, self.stop_button], layout=widgets.Layout(margin="6px 0 0 0")
-                ),
-            ],
-            layout=widgets.Layout(width="400px", min_width="400px"),
-        )
-        live = widgets.VBox(
-            [self.plot, self.placeholder, self.progress, self.status],
-            layout=widgets.Layout(flex="1 1 560px", min_width="480px"),
-        )
-        runs = widgets.VBox(
-            [
-                widgets.HTML(
-                    "<b>Runs of this session</b> — select runs to overlay their curves "
-                    "(solid: training, dashed: validation)."
-                ),
-                widgets.HBox(
-                    [self.runs, widgets.VBox([self.select_all_button, self.clear_button])]
-                ),
-                self.table,
-            ],
-            layout=widgets.Layout(margin="12px 0 0 0"),
-        )
-        self.widget = widgets.VBox(
-            [
-                widgets.HTML(_CSS, layout=widgets.Layout(display="none")),
-                widgets.HBox(
-                    [controls, live],
-                    layout=widgets.Layout(flex_flow="row wrap", align_items="flex-start"),
-                ),
-                runs,
-            ]
-        )
-        self.widget.add_class("mlp-explorer")
-
-        self._check()
+        self.widget = _page(self.controls, self.live, self.runs_panel)
+        self.controls.on_change(self.check)
+        self.controls.train_button.on_click(lambda _: self.train())
+        self.controls.stop_button.on_click(lambda _: self.stop())
+        self.runs_panel.select_all_button.on_click(lambda _: self.select_all())
+        self.runs_panel.clear_button.on_click(lambda _: self.clear())
+        self.check()
         self._update_table()
-        _start_calibration(then=self._check)  # the time estimates appear when it is done
+        _calibrate_in_background(then=self.check)  # the time estimates appear when it is done
 
     def _repr_mimebundle_(self, **kwargs):
         return self.widget._repr_mimebundle_(**kwargs)
+
+    @property
+    def histories(self) -> list[History]:
+        """Every finished run of the session, in order."""
+        return self.training.histories
+
+    @property
+    def running(self) -> bool:
+        return self.training.running
 
     # -------------------------------------------------------------------------------- settings
 
     def config(self) -> RunConfig:
         """The RunConfig the controls describe; ValueError (in the page's words) if invalid."""
-        config, problems = self._read()
+        config, problems = self.controls.read()
         if problems:
             raise ValueError("; ".join(problems.values()))
         return config
 
     def problems(self) -> dict[str, str]:
         """{RunConfig field: message} of every invalid box, as shown under the boxes."""
-        return self._read()[1]
+        return self.controls.read()[1]
 
-    def _read(self) -> tuple[RunConfig | None, dict[str, str]]:
-        """The RunConfig of the controls, or None and {field: message} for every invalid box."""
-        values, problems = {}, {}
-        for field in FIELDS:
-            try:
-                values[field.name] = field.parse(self.boxes[field.name].value)
-            except ValueError as exc:
-                problems[field.name] = str(exc)
-        for field in FIELDS:  # after parsing all: a bound can be another box's value
-            if field.name in values:
-                message = field.check(values[field.name], values)
-                if message:
-                    problems[field.name] = message
-        if problems:
-            return None, problems
-        try:
-            config = RunConfig(activation=self.activation.value, init=self.init.value, **values)
-        except ValueError as exc:  # not expected: FIELDS check what RunConfig checks, and more
-            name = str(exc).split()[0]
-            return None, {name if name in FIELD else "layer_sizes": str(exc)}
-        return config, {}
-
-    def _check(self) -> RunConfig | None:
-        """Validate the boxes, explain every problem under its box and enable Train only when all
-        is well. Train is disabled before a message appears and enabled after the last one went,
-        so the page never shows a message beside an enabled Train."""
-        with self._lock:
-            config, problems = self._read()
-            if config is None or self.running:
-                self.train_button.disabled = True
-            for field in FIELDS:
-                self._show_problem(field, problems.get(field.name, ""))
-            self.config_info.value = self._info(config, problems)
-            if config is not None and not self.running:
-                self.train_button.disabled = False
+    def check(self) -> RunConfig | None:
+        """Read the controls, show what is wrong under the boxes and enable Train only when all
+        is well and no run is in progress; the RunConfig, or None if a box is invalid."""
+        with self.training.lock:
+            config, problems = self.controls.read()
+            self.controls.show(config, problems, running=self.running)
             return config
 
-    def _show_problem(self, field: Field, message: str) -> None:
-        box = self.boxes[field.name]
-        note = self.messages[field.name]
-        if message:
-            box.add_class("mlp-invalid")
-            note.value = _error_html(message)
-            note.layout.display = None
-        else:
-            note.layout.display = "none"
-            note.value = ""
-            box.remove_class("mlp-invalid")
-
-    @staticmethod
-    def _info(config: RunConfig | None, problems: dict) -> str:
-        """Above Train: what is left to fix, or the network, its steps and its estimated time."""
-        if config is None:
-            count = len(problems)
-            return _error_html(
-                f"Fix the {count} setting{'s' * (count > 1)} marked in red to train."
-                if count > 1
-                else "Fix the setting marked in red to train."
-            )
-        sizes = " → ".join(map(str, (mlp_core.INPUT_SIZE,) + config.layer_sizes))
-        lines = [
-            f"{sizes}: {_weights(config.layer_sizes):,} weights",
-            f"{config.steps_per_epoch:,} steps per epoch, validation every "
-            f"{config.validation_interval:,} steps",
-        ]
-        epoch = SPEED.epoch_seconds(config)
-        total = SPEED.run_seconds(config)
-        if epoch is None:
-            lines.append("measuring this machine's speed…")
-        else:
-            epochs = f"{config.max_epochs} epoch" + "s" * (config.max_epochs != 1)
-            lines.append(
-                f"about {_duration(epoch)} per epoch here, {epochs} in about {_duration(total)}"
-            )
-        return (
-            "<div class='mlp-info'>" + "<br>".join(html.escape(line) for line in lines) + "</div>"
-        )
-
     # -------------------------------------------------------------------------------- actions
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     def train(self) -> bool:
         """Start a run with the current settings in a background thread; False if nothing started
         (invalid settings, shown inline, or a run already in progress)."""
         if self.running:
             return False
-        config = self._check()
+        config = self.check()
         if config is None:
             return False
-        config = config.replace(name=f"#{self._next_id}")
-        self._next_id += 1
-        self._stop_event.clear()
-        self._callback_seconds = 0.0  # time of this run's live updates (not the network's)
-        self.train_button.disabled = True
-        self.stop_button.disabled = False
-        self.progress.bar_style = ""
-        self.progress.max = config.max_epochs * config.steps_per_epoch
-        self.progress.value = 0
-        self.status.value = f"Run {config.name}: loading MNIST…"
-        self._thread = threading.Thread(
-            target=self._work, args=(config,), name="mlp-explorer-train", daemon=True
-        )
-        self._thread.start()
+        config = self.training.as_next_run(config)
+        self.controls.train_button.disabled = True
+        self.controls.stop_button.disabled = False
+        self.live.progress.bar_style = ""
+        self.live.progress.max = config.max_epochs * config.steps_per_epoch
+        self.live.progress.value = 0
+        self.live.status.value = f"Run {config.name}: loading MNIST…"
+        self.training.start(config)
         return True
 
     def stop(self) -> None:
         """Stop the run in progress now: train() looks at the request after every step and between
         the chunks of an evaluation. Its history so far is kept."""
-        if self.running and not self._stop_event.is_set():
-            self._stop_event.set()
-            self.stop_button.disabled = True
-            self.status.value += " — stopping…"
+        if self.training.stop():
+            self.controls.stop_button.disabled = True
+            self.live.status.value += " — stopping…"
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the run in progress to end; True if no run is in progress any more."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-        return not self.running
+        return self.training.wait(timeout)
 
     def clear(self) -> None:
         """Forget every finished run (a run in progress is kept and added when it ends)."""
-        with self._lock:
-            self.histories = []
-            self._update_seconds = {}
+        with self.training.lock:
+            self.training.forget()
             if not self.running:
-                self._next_id = 1
-                self.progress.bar_style = ""
-                self.progress.value = 0
-                self.status.value = READY
-            self._set_runs_options(selected=())
+                self.live.reset()
+            self.runs_panel.set_runs([], selected=())
         self._update_table()
         self._draw()
 
     def select_all(self) -> None:
-        self.runs.value = tuple(value for _, value in self.runs.options)
+        self.runs_panel.select_all()
 
     def results(self):
         """A pandas DataFrame of every finished run, a column per COLUMNS entry: its settings,
@@ -1168,240 +1265,78 @@ class Explorer:
         ended (in words) and seconds per epoch."""
         import pandas as pd
 
-        return pd.DataFrame(self._rows(), columns=[column.name for column in COLUMNS])
+        rows = table_rows(*self.training.finished())
+        return pd.DataFrame(rows, columns=[column.name for column in COLUMNS])
 
-    def _rows(self) -> list[dict]:
-        """{column: value} of every finished run, as results() and the table show them."""
-        with self._lock:
-            histories = list(self.histories)
-            update_seconds = dict(self._update_seconds)
-        rows = []
-        for hist in histories:
-            row = {column.name: column.value(hist) for column in COLUMNS}
-            updates = update_seconds.get(hist.config.name, 0.0)
-            row["s / epoch"] = _seconds_per_epoch(hist, updates)
-            rows.append(row)
-        return rows
+    # --------------------------------------------------------------- what the training thread shows
 
-    # ------------------------------------------------------------------------------ training thread
-
-    def _work(self, config: RunConfig) -> None:
-        hist = None
-        message = ""
-        style = "danger"
-        started = time.perf_counter()
-        try:
-            data = _dataset(config)
-            if self._stop_event.is_set():
-                message = f"Run {config.name} was stopped before it started."
-                style = "warning"
-                return
-            self.status.value = f"Run {config.name}: training…"
-            # train() warns (RuntimeWarning) when a run diverges; History.message is shown instead
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                hist = mlp_core.train(
-                    config,
-                    data,
-                    progress=False,
-                    callback=self._on_validation,
-                    should_stop=self._stop_event.is_set,
-                )
-            message, style = self._summary(hist, time.perf_counter() - started)
-            SPEED.observe(hist, callback_seconds=self._callback_seconds)
-        except Exception as exc:  # never a traceback in the page: say what went wrong
-            message = _error_html(f"Run {config.name} failed: {str(exc) or type(exc).__name__}")
-        finally:
-            try:
-                with self._lock:
-                    self._live = None
-                    if hist is not None:
-                        self.histories.append(hist)
-                        self._update_seconds[config.name] = self._callback_seconds
-                        self._set_runs_options(selected=tuple(self.runs.value) + (_run_id(hist),))
-                if hist is not None:
-                    self.progress.value = hist.steps
-                    self._update_table()
-                self._draw()
-            finally:
-                self.progress.bar_style = style
-                self.status.value = message
-                self.stop_button.disabled = True
-                self._thread = None if threading.current_thread() is self._thread else self._thread
-                self._check()
-
-    def _on_validation(self, hist: History) -> None:
-        started = time.perf_counter()
-        try:
-            self._show_validation(hist)
-        finally:
-            self._callback_seconds += time.perf_counter() - started
+    def _show_training(self, config: RunConfig) -> None:
+        self.live.status.value = f"Run {config.name}: training…"
 
     def _show_validation(self, hist: History) -> None:
-        snap = _snapshot(hist)
-        with self._lock:
-            self._live = snap
         config = hist.config
         epoch = min(config.max_epochs, hist.steps // config.steps_per_epoch + 1)
-        self.progress.value = hist.steps
-        self.status.value = (
+        self.live.progress.value = hist.steps
+        self.live.status.value = (
             f"Run {config.name}: epoch {epoch} / {config.max_epochs}, step {hist.steps:,} / "
-            f"{self.progress.max:,} — validation loss {hist.val_loss[-1]:.4f}, accuracy "
-            f"{100 * hist.val_acc[-1]:.2f} %"
-            + (" — stopping…" if self._stop_event.is_set() else "")
+            f"{self.live.progress.max:,} — validation loss {hist.val_loss[-1]:.4f}, accuracy "
+            f"{100 * hist.val_acc[-1]:.2f} %" + (" — stopping…" if self.training.stopping else "")
         )
         if time.monotonic() - self._last_draw >= self.redraw_interval:
             self._draw()
 
-    @staticmethod
-    def _summary(hist: History, seconds: float) -> tuple[str, str]:
-        """The status line of a finished run and the progress bar's style."""
-        config = hist.config
-        if hist.stop_reason == "diverged":
-            return _error_html(hist.message or f"Run {config.name} diverged."), "danger"
-        reason = STOP_REASONS.get(hist.stop_reason, ("", hist.stop_reason))[1]
-        text = f"Run {config.name} {reason.format(patience=config.patience)} after {hist.steps:,} "
-        text += f"steps in {seconds:.1f} s: "
-        final = hist.final
-        if math.isfinite(final.get("val_loss", math.nan)):
-            text += (
-                f"validation loss {final['val_loss']:.4f}, accuracy {100 * final['val_acc']:.2f} % "
-                f"(training accuracy {100 * final['train_acc']:.2f} %)."
-            )
-        elif hist.val_steps:
-            text += (
-                f"at its last validation (step {hist.val_steps[-1]:,}) the validation loss was "
-                f"{hist.val_loss[-1]:.4f}, the accuracy {100 * hist.val_acc[-1]:.2f} %."
-            )
-        else:
-            text += "it ended before its first validation."
-        return text, ("success" if hist.completed else "warning")
+    def _show_end(
+        self, config: RunConfig, hist: History | None, seconds: float, error: str
+    ) -> None:
+        message, style = _end_status(config, hist, seconds, error)
+        try:
+            if hist is not None:
+                selected = tuple(self.runs_panel.compare.value) + (_run_id(hist),)
+                self.runs_panel.set_runs(self.training.histories, selected)
+                self.live.progress.value = hist.steps
+                self._update_table()
+            self._draw()
+        finally:
+            self.live.progress.bar_style = style
+            self.live.status.value = message
+            self.controls.stop_button.disabled = True
 
     # -------------------------------------------------------------------------------- views
 
-    def _set_runs_options(self, selected: tuple[int, ...]) -> None:
-        self._syncing_selection = True
-        try:
-            labels = run_labels([h.config for h in self.histories], always=MAIN_SETTINGS)
-            self.runs.options = [(label, _run_id(h)) for label, h in zip(labels, self.histories)]
-            ids = {_run_id(h) for h in self.histories}
-            self.runs.value = tuple(i for i in selected if i in ids)
-        finally:
-            self._syncing_selection = False
-
-    def _on_selection(self, change) -> None:
-        if not self._syncing_selection:
-            self._draw()
-
     def _update_table(self) -> None:
-        rows = self._rows()
-        if not rows:
-            self.table.value = "<i style='color:#777'>No runs yet.</i>"
-        else:
-            self.table.value = _table_html(rows)
+        self.runs_panel.show_rows(table_rows(*self.training.finished()))
 
     def _shown(self) -> tuple[list[History], History | None]:
-        with self._lock:
-            chosen = set(self.runs.value)
-            shown = [h for h in self.histories if _run_id(h) in chosen]
-            if self._live is not None:
-                shown.append(self._live)
-            return shown, self._live
+        """The selected runs and the run in progress (last), and the latter alone."""
+        with self.training.lock:
+            chosen = set(self.runs_panel.compare.value)
+            shown = [h for h in self.training.histories if _run_id(h) in chosen]
+            live = self.training.live
+            if live is not None:
+                shown.append(live)
+            return shown, live
 
     def figure(self):
         """A matplotlib Figure (no pyplot) of the selected runs and the run in progress: loss and
         accuracy (%) against gradient steps, one legend below naming each run by what differs."""
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-        from matplotlib.lines import Line2D
-
         import mlp_plots
 
         shown, live = self._shown()
         labels = run_labels(
             [h.config for h in shown], always=MAIN_SETTINGS if len(shown) == 1 else ()
         )
-        handles = [
-            Line2D(
-                [], [], color=_color(_run_id(h)), lw=2, label=label + " (training…)" * (h is live)
-            )
-            for h, label in zip(shown, labels)
-        ]
-        if shown:
-            handles += [
-                Line2D([], [], color="0.35", lw=1.2, label="training"),
-                Line2D([], [], color="0.35", lw=1.2, ls="--", label="validation"),
-            ]
-        # the legend goes below both plots: the figure grows by a line per row of it
-        widest = max((len(h.get_label()) for h in handles), default=0)
-        if len(handles) <= 3:
-            ncol = 1
-        else:
-            ncol = max(1, min(3, 110 // (widest + 6)))  # about 110 characters a line
-        legend = 0.2 * math.ceil(len(handles) / ncol) + 0.1 if handles else 0.0
-        height = 3.0 + legend
-        fig = Figure(figsize=(7.6, height), dpi=120)
-        FigureCanvasAgg(fig)
-        # fixed margins: a constrained layout would double the cost of every live redraw
-        margins = dict(
-            left=0.08, right=0.99, bottom=(0.45 + legend) / height, top=1 - 0.27 / height
+        return mlp_plots.loss_accuracy_figure(
+            shown,
+            colors=[_color(_run_id(h)) for h in shown],
+            labels=[label + " (training…)" * (h is live) for h, label in zip(shown, labels)],
+            empty_text=PLACEHOLDER.replace(", or", ",\nor").rstrip("."),
         )
-        ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw=dict(wspace=0.24, **margins))
-        for h in shown:
-            color = [_color(_run_id(h))]
-            mlp_plots.plot_loss(
-                h, ax_loss, window=h.config.validation_interval, colors=color, band=True
-            )
-            mlp_plots.plot_accuracy(h, ax_acc, colors=color)
-        ax_loss.set_title("Loss")
-        ax_acc.set_title("Accuracy")
-        if shown:
-            _limit_loss_axis(ax_loss, shown)
-            fig.legend(
-                handles=handles,
-                loc="lower center",
-                bbox_to_anchor=(0.5, 0.0),
-                ncols=ncol,
-                fontsize=8,
-                frameon=False,
-            )
-        else:
-            for ax in (ax_loss, ax_acc):
-                mlp_plots.steps_axis(ax)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                ax.text(
-                    0.5,
-                    0.5,
-                    PLACEHOLDER.replace(", or", ",\nor").rstrip("."),
-                    ha="center",
-                    va="center",
-                    transform=ax.transAxes,
-                    color="0.5",
-                )
-            ax_loss.set_ylabel("cross-entropy loss")
-            ax_acc.set_ylabel("accuracy (%)")
-        return fig
 
     def _draw(self) -> None:
         """Render the figure into the plot image, or show the placeholder if there is nothing."""
-        with self._lock:  # an older image never replaces a newer one
+        with self.training.lock:  # an older image never replaces a newer one
             self._last_draw = time.monotonic()
-            shown, _ = self._shown()
-            if not shown:
-                self.placeholder.layout.display = None
-                self.plot.layout.display = "none"
-                return
-            buffer = io.BytesIO()
-            self.figure().savefig(buffer, format="png")
-            self.plot.value = buffer.getvalue()
-            self.plot.layout.display = None
-            self.placeholder.layout.display = "none"
-
-
-def _limit_loss_axis(ax, runs) -> None:
-    """Keep the first validations' large losses, and diverged runs, from squashing the others."""
-    kept = [h for h in runs if h.stop_reason != "diverged"] or runs
-    tails = [v for h in kept for v in h.val_loss[1:] if math.isfinite(v)]
-    if len(tails) >= 2:
-        ax.set_ylim(0, 1.15 * max(tails))
+            if self._shown()[0]:
+                self.live.show_figure(self.figure())
+            else:
+                self.live.show_placeholder()

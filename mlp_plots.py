@@ -8,6 +8,7 @@ are in percent; step axes carry thousands separators.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import matplotlib.pyplot as plt
@@ -122,11 +123,11 @@ def plot_accuracy(
     return steps_axis(ax)
 
 
-def line_key(colors: dict[str, str], wide: str | None = None) -> list[Line2D]:
-    """Legend entries: one colour per network (`wide` drawn thicker), then solid = training and
-    dashed = validation."""
+def line_key(colors: dict[str, str], wide: str | None = None, width: float = 1.5) -> list[Line2D]:
+    """Legend entries: one colour per network, `width` wide (`wide` drawn thicker), then solid =
+    training and dashed = validation."""
     return [
-        Line2D([], [], color=c, lw=3 if name == wide else 1.5, label=name)
+        Line2D([], [], color=c, lw=3 if name == wide else width, label=name)
         for name, c in colors.items()
     ] + [
         Line2D([], [], color="0.35", lw=1.2, label="training"),
@@ -353,3 +354,65 @@ def grad_ratio_figure(runs: Sequence[mlp.History], colors: Sequence[str], names:
     )
     fig.tight_layout()
     return fig
+
+
+def loss_accuracy_figure(
+    runs: Sequence[mlp.History],
+    *,
+    colors: Sequence[str],
+    labels: Sequence[str],
+    empty_text: str = "",
+):
+    """Loss (left, the training loss smoothed over each validation interval with a ±1 std band)
+    and accuracy in % (right) of every run against gradient steps, one legend below them naming
+    each run by its label in its colour; with no runs, `empty_text` in both panels. The figure
+    is a bare matplotlib Figure with an Agg canvas, never pyplot's, so any thread can draw it (the
+    explorer draws it while it trains); it grows by a line per row of its legend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    handles = line_key(dict(zip(labels, colors)), width=2) if runs else []
+    widest = max((len(h.get_label()) for h in handles), default=0)
+    if len(handles) <= 3:
+        ncol = 1
+    else:
+        ncol = max(1, min(3, 110 // (widest + 6)))  # about 110 characters a line
+    legend = 0.2 * math.ceil(len(handles) / ncol) + 0.1 if handles else 0.0
+    height = 3.0 + legend
+    fig = Figure(figsize=(7.6, height), dpi=120)
+    FigureCanvasAgg(fig)
+    # fixed margins: a constrained layout would double the cost of every live redraw
+    margins = dict(left=0.08, right=0.99, bottom=(0.45 + legend) / height, top=1 - 0.27 / height)
+    ax_loss, ax_acc = fig.subplots(1, 2, gridspec_kw=dict(wspace=0.24, **margins))
+    for h, color in zip(runs, colors):
+        plot_loss(h, ax_loss, window=h.config.validation_interval, colors=[color], band=True)
+        plot_accuracy(h, ax_acc, colors=[color])
+    ax_loss.set_title("Loss")
+    ax_acc.set_title("Accuracy")
+    if runs:
+        _fit_loss_axis(ax_loss, runs)
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncols=ncol,
+            fontsize=8,
+            frameon=False,
+        )
+        return fig
+    for ax in (ax_loss, ax_acc):
+        steps_axis(ax)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes, color="0.5")
+    ax_loss.set_ylabel("cross-entropy loss")
+    ax_acc.set_ylabel("accuracy (%)")
+    return fig
+
+
+def _fit_loss_axis(ax, runs: Sequence[mlp.History]) -> None:
+    """Keep the first validations' large losses, and diverged runs, from squashing the others."""
+    kept = [h for h in runs if h.stop_reason != "diverged"] or runs
+    tails = [v for h in kept for v in h.val_loss[1:] if math.isfinite(v)]
+    if len(tails) >= 2:
+        ax.set_ylim(0, 1.15 * max(tails))

@@ -61,6 +61,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 import mlp_core as mlp
+import mlp_speed
 
 REPO = Path(__file__).resolve().parent
 FORMAT = 1  # version of the entry layout; entries of another version are trained again
@@ -552,10 +553,18 @@ class SweepProgress:
     Shown (unless TQDM_DISABLE is set) as a widget in Jupyter, as a bar redrawn in place on a
     terminal, and as plain lines (one at the start, one every LINE_INTERVAL seconds, one at the end)
     when the output is a file or a pipe.
+
+    A sweep that may take longer than LONG_SWEEP says so before it starts, whatever the display:
+    its plan line (the first plain line, or a line printed above the bar or widget) gives
+    mlp_speed's estimate for `workers` local processes on this machine, every run to its last
+    epoch. Only a sweep that a much slower machine would not finish within LONG_SWEEP has this
+    machine measured (under a second, in this process); `workers` None (a Dask cluster, whose
+    machines are not this one) gives no estimate.
     """
 
     LINE_INTERVAL = 20.0  # seconds between plain lines (a few per minute at most)
     REDRAW_INTERVAL = 0.5  # seconds between redraws of a bar or widget
+    LONG_SWEEP = 30 * 60.0  # seconds: a sweep that may take longer says so in its plan line
 
     def __init__(
         self,
@@ -564,6 +573,7 @@ class SweepProgress:
         desc: str = "training",
         enabled: bool = True,
         where: str = "",
+        workers: int | None = None,
         file=None,
         clock: Callable[[], float] = time.monotonic,
         mode: str | None = None,
@@ -590,7 +600,12 @@ class SweepProgress:
             is_terminal = getattr(self.file, "isatty", lambda: False)()
             mode = "widget" if _in_jupyter() else "bar" if is_terminal else "lines"
         self.mode = mode if enabled and self.runs and not _tqdm_disabled() else "off"
+        self.estimate_seconds = None  # of a sweep that may take longer than LONG_SWEEP
+        if self.mode != "off" and workers is not None:
+            self.estimate_seconds = mlp_speed.sweep_estimate(configs, workers, self.LONG_SWEEP)
         if self.mode in ("widget", "bar"):
+            if self.estimate_seconds is not None:  # a bar has no plan line of its own
+                self._print(self.plan())
             from tqdm.auto import tqdm
 
             self._bar = tqdm(
@@ -655,6 +670,15 @@ class SweepProgress:
         seconds = max(left_work / (speed * parallel), longest_left / speed)
         return Estimate(fraction, seconds, not finished)
 
+    def plan(self) -> str:
+        """The plan line: how many runs, where, and the estimate of a sweep that may be long."""
+        where = f" {self.where}" if self.where else ""
+        line = f"{self.desc}: {len(self.runs)} runs to train{where}"
+        if self.estimate_seconds is None:
+            return line + "."
+        estimate = _clock_text(self.estimate_seconds)
+        return f"{line}; estimated to take up to {estimate} here (every run to its last epoch)."
+
     def text(self, final: str | None = None, percent: bool = True) -> str:
         """The status in words: runs done and left, elapsed, the estimate (with the share done
         unless not `percent`: a bar shows it), what is training now; `final` ("done",
@@ -688,8 +712,7 @@ class SweepProgress:
         self._shown_at = now
         if self.mode == "lines" and not self._said_start:
             self._said_start = True
-            where = f" {self.where}" if self.where else ""
-            self._print(f"{self.desc}: {len(self.runs)} runs to train{where}.")
+            self._print(self.plan())
         elif self.mode == "lines":
             self._print(f"{self.desc}: {self.text()}")
         else:
@@ -1011,7 +1034,8 @@ def _train(todo, n_jobs, client, progress: bool, desc: str) -> Iterator[mlp.Hist
         where = _dask_where(client)
     else:
         where = f"in {n_jobs} worker processes" if n_jobs > 1 else "in this process"
-    display = SweepProgress(todo, desc=desc, enabled=progress, where=where)
+    workers = None if client is not None else n_jobs  # the processes of this machine
+    display = SweepProgress(todo, desc=desc, enabled=progress, where=where, workers=workers)
     outcome = "failed"
     try:
         if client is not None:

@@ -34,10 +34,15 @@ Every setting of the explorer's server is here, with its reason:
   CULL_IDLE_TIMEOUT idle seconds, looked at every CULL_INTERVAL seconds: within 40 s. A page still
   open keeps its kernel however long it is idle: the culler spares every kernel with a connected
   websocket (`cull_connected` stays False), and an open page stays connected.
+- Culling an idle kernel is logged at INFO, not as jupyter_server's WARNING: it is the behaviour
+  configured here, nothing for the person running the server to act on. The line is still there
+  at the default level and with --debug, and gone with --Voila.log_level=WARN. A kernel culled
+  because it died stays a warning.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import tempfile
@@ -69,6 +74,16 @@ def trust(notebook: Path) -> None:
     NotebookNotary().sign(nbformat.read(notebook, as_version=4))
 
 
+class IdleCullingIsInfo(logging.Filter):
+    """On Voilà's logger: jupyter_server's "Culling 'idle' kernel …" becomes an INFO record, which
+    the handler then shows or not by the log level like any other."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and str(record.msg).startswith("Culling '%s' kernel"):
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
+
+
 def create_xsrf_cookie(handler, notebook, cwd):
     """Voilà's prelaunch hook, run before the page is sent: reading tornado's `xsrf_token` sets the
     `_xsrf` cookie that the page's shutdown request on unload must echo. Changes nothing else."""
@@ -92,6 +107,11 @@ def config():
     config.KernelManager.transport = "ipc"
     config.MappingKernelManager.cull_idle_timeout = CULL_IDLE_TIMEOUT
     config.MappingKernelManager.cull_interval = CULL_INTERVAL
+    # merged into traitlets' logging configuration of the "Voila" logger, the kernels' logger too
+    config.Voila.logging_config = {
+        "filters": {"idle_culling_is_info": {"()": IdleCullingIsInfo}},
+        "loggers": {"Voila": {"filters": ["idle_culling_is_info"]}},
+    }
     return config
 
 

@@ -51,20 +51,21 @@ def ui():
 def speed():
     """The explorer's speed model, calibrated on this machine."""
     import mlp_explorer
+    import mlp_speed
 
     mlp_explorer.Explorer()  # starts the calibration, once per process
     assert mlp_explorer.WARMED_UP.wait(120), "calibration and warm-up did not end within 120 s"
     # again, with no training thread of an earlier test competing for the interpreter, as in a
     # kernel that has just shown its page
-    mlp_explorer.SPEED.calibrate()
-    assert mlp_explorer.SPEED.epoch_seconds(mlp_explorer.DEFAULTS) is not None
-    return mlp_explorer.SPEED
+    mlp_speed.SPEED.calibrate()
+    assert mlp_speed.SPEED.epoch_seconds(mlp_explorer.DEFAULTS) is not None
+    return mlp_speed.SPEED
 
 
 def settings(ui, **values):
     """Type values into the controls, as a user would: number boxes are text boxes."""
     for name, value in values.items():
-        control = getattr(ui, name)
+        control = getattr(ui.controls, name)
         control.value = value if name in ("activation", "init") else str(value)
 
 
@@ -82,6 +83,13 @@ def shown(message_widget) -> bool:
     return message_widget.layout.display != "none" and "⚠" in message_widget.value
 
 
+def test_stop_words_are_keyed_by_the_stop_reasons_of_mlp_core():
+    """One home for the ways a run can end: the explorer words exactly mlp_core's."""
+    from mlp_explorer import STOP_WORDS
+
+    assert tuple(STOP_WORDS) == mlp_core.STOP_REASONS
+
+
 def test_parse_hidden_layers():
     from mlp_explorer import parse_hidden_layers
 
@@ -93,6 +101,7 @@ def test_parse_hidden_layers():
         "64,,a",
         "0",
         "64, -3",
+        "-5",
         "abc",
         "64,",
         "1e3",
@@ -110,7 +119,7 @@ def test_first_display_needs_neither_matplotlib_nor_pandas():
         "import sys, mlp_explorer\n"
         "ui = mlp_explorer.Explorer()\n"
         "loaded = [m for m in ('matplotlib', 'pandas', 'scipy', 'mlp_plots') if m in sys.modules]\n"
-        "print(loaded, ui.placeholder.layout.display, ui.plot.layout.display)\n"
+        "print(loaded, ui.live.placeholder.layout.display, ui.live.plot.layout.display)\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
@@ -120,10 +129,10 @@ def test_first_display_needs_neither_matplotlib_nor_pandas():
 
 def test_train_adds_a_run_and_redraws(ui):
     quick(ui)
-    assert ui.plot.layout.display == "none" and ui.placeholder.layout.display is None
-    assert not ui.train_button.disabled
-    ui.train_button.click()
-    assert ui.running and ui.train_button.disabled and not ui.stop_button.disabled
+    assert ui.live.plot.layout.display == "none" and ui.live.placeholder.layout.display is None
+    assert not ui.controls.train_button.disabled
+    ui.controls.train_button.click()
+    assert ui.running and ui.controls.train_button.disabled and not ui.controls.stop_button.disabled
     assert ui.wait(30)
 
     df = ui.results()
@@ -134,13 +143,17 @@ def test_train_adds_a_run_and_redraws(ui):
     assert df.loc[0, "stopped by"] == "last epoch"
     hist = ui.histories[0]
     assert hist.config.layer_sizes == (16, 10) and hist.steps == 300 // 32
-    assert bytes(ui.plot.value).startswith(b"\x89PNG")
-    assert ui.plot.layout.display is None and ui.placeholder.layout.display == "none"
-    assert ui.runs.value == (1,)  # the new run is shown
-    assert "<table" in ui.table.value and "#1" in ui.table.value and "last epoch" in ui.table.value
-    assert ui.progress.value == hist.steps and ui.progress.bar_style == "success"
-    assert "#1 reached the last epoch" in ui.status.value
-    assert not ui.train_button.disabled and ui.stop_button.disabled
+    assert bytes(ui.live.plot.value).startswith(b"\x89PNG")
+    assert ui.live.plot.layout.display is None and ui.live.placeholder.layout.display == "none"
+    assert ui.runs_panel.compare.value == (1,)  # the new run is shown
+    assert (
+        "<table" in ui.runs_panel.table.value
+        and "#1" in ui.runs_panel.table.value
+        and "last epoch" in ui.runs_panel.table.value
+    )
+    assert ui.live.progress.value == hist.steps and ui.live.progress.bar_style == "success"
+    assert "#1 reached the last epoch" in ui.live.status.value
+    assert not ui.controls.train_button.disabled and ui.controls.stop_button.disabled
 
 
 def test_every_limit_is_stated_beside_its_box_and_defined_once(ui):
@@ -148,12 +161,13 @@ def test_every_limit_is_stated_beside_its_box_and_defined_once(ui):
 
     assert len({f.name for f in FIELDS}) == len({f.css for f in FIELDS}) == len(FIELDS)
     for field in FIELDS:
-        box = ui.boxes[field.name]
-        assert box is getattr(ui, field.attr) and field.css in box._dom_classes
+        box = ui.controls.boxes[field.name]
+        assert box is getattr(ui.controls, field.short) and field.css in box._dom_classes
+        assert field.css == "mlp-" + field.short.replace("_", "-")  # derived, never typed
         assert box.description == field.label and field.hint == box.placeholder
         assert field.range_words() in box.tooltip  # the limits, in words, in the tooltip
-        if field.most is not None:
-            assert field.why_most, f"{field.name}: an upper bound without its reason"
+        if field.upper is not None:
+            assert field.why, f"{field.name}: an upper bound without its reason"
     hints = {f.name: f.hint for f in FIELDS}
     assert hints["max_epochs"] == "1 to 200" and hints["learning_rate"] == "> 0, ≤ 10"
     assert hints["momentum"] == "≥ 0, < 1" and hints["n_train"] == "1 to 60,000"
@@ -164,20 +178,26 @@ def test_every_invalid_box_is_marked_at_once_with_its_own_message(ui):
     settings(ui, momentum=1, epochs=0)
     problems = ui.problems()
     assert set(problems) == {"momentum", "max_epochs"}
-    for name, box in (("momentum", ui.momentum), ("max_epochs", ui.epochs)):
-        assert "mlp-invalid" in box._dom_classes and shown(ui.messages[name])
-        assert html.escape(problems[name]) in ui.messages[name].value
+    for name, box in (("momentum", ui.controls.momentum), ("max_epochs", ui.controls.epochs)):
+        assert "mlp-invalid" in box._dom_classes and shown(ui.controls.messages[name])
+        assert html.escape(problems[name]) in ui.controls.messages[name].value
     assert "epochs must be at least 1, got 0" in problems["max_epochs"]
     assert "momentum γ must be less than 1, got 1" in problems["momentum"]
-    assert "Fix the 2 settings marked in red" in ui.config_info.value
-    assert ui.train_button.disabled and ui.train() is False and not ui.running
+    assert "Fix the 2 settings marked in red" in ui.controls.config_info.value
+    assert ui.controls.train_button.disabled and ui.train() is False and not ui.running
     settings(ui, epochs=10)  # one fixed: the other stays marked, Train stays disabled
-    assert not shown(ui.messages["max_epochs"]) and "mlp-invalid" not in ui.epochs._dom_classes
-    assert shown(ui.messages["momentum"]) and ui.train_button.disabled
-    assert "Fix the setting marked in red" in ui.config_info.value
+    assert (
+        not shown(ui.controls.messages["max_epochs"])
+        and "mlp-invalid" not in ui.controls.epochs._dom_classes
+    )
+    assert shown(ui.controls.messages["momentum"]) and ui.controls.train_button.disabled
+    assert "Fix the setting marked in red" in ui.controls.config_info.value
     settings(ui, momentum=0.9)
-    assert not any(shown(m) for m in ui.messages.values()) and not ui.train_button.disabled
-    assert "⚠" not in ui.config_info.value
+    assert (
+        not any(shown(m) for m in ui.controls.messages.values())
+        and not ui.controls.train_button.disabled
+    )
+    assert "⚠" not in ui.controls.config_info.value
 
 
 def test_six_problems_at_once_each_under_its_box(ui):
@@ -191,8 +211,11 @@ def test_six_problems_at_once_each_under_its_box(ui):
         "n_train",
         "n_val",
     }
-    assert sum(shown(m) for m in ui.messages.values()) == 6
-    assert ui.config_info.value.count("⚠") == 1 and "Fix the 6 settings" in ui.config_info.value
+    assert sum(shown(m) for m in ui.controls.messages.values()) == 6
+    assert (
+        ui.controls.config_info.value.count("⚠") == 1
+        and "Fix the 6 settings" in ui.controls.config_info.value
+    )
 
 
 def test_train_is_disabled_before_any_message_appears(ui):
@@ -200,8 +223,10 @@ def test_train_is_disabled_before_any_message_appears(ui):
     kernel sends them: Train must never be enabled while a message shows (the race the browser
     test once hit), so it is disabled first and enabled only after the last message is gone."""
     events = []
-    ui.train_button.observe(lambda c: events.append(("disabled", c["new"])), names="disabled")
-    for name, message in ui.messages.items():
+    ui.controls.train_button.observe(
+        lambda c: events.append(("disabled", c["new"])), names="disabled"
+    )
+    for name, message in ui.controls.messages.items():
         message.observe(lambda c, name=name: events.append((name, bool(c["new"]))), names="value")
     settings(ui, epochs=0)
     settings(ui, epochs=10)
@@ -215,18 +240,44 @@ def test_train_is_disabled_before_any_message_appears(ui):
 
 @pytest.mark.parametrize("text", ["64,,a", "0", "", "64, x", "4096", "8, 8, 8, 8, 8, 8, 8, 8, 8"])
 def test_bad_hidden_layers_show_an_inline_error_and_start_nothing(ui, text):
-    status = ui.status.value
-    ui.hidden.value = text
-    assert shown(ui.messages["layer_sizes"]) and "mlp-invalid" in ui.hidden._dom_classes
-    assert ui.train_button.disabled
-    ui.train_button.click()  # a disabled button's handlers still run when clicked from Python
-    assert not ui.running and ui.histories == [] and ui.status.value == status
+    status = ui.live.status.value
+    ui.controls.hidden.value = text
+    assert (
+        shown(ui.controls.messages["layer_sizes"])
+        and "mlp-invalid" in ui.controls.hidden._dom_classes
+    )
+    assert ui.controls.train_button.disabled
+    # a disabled button's handlers still run when it is clicked from Python
+    ui.controls.train_button.click()
+    assert not ui.running and ui.histories == [] and ui.live.status.value == status
     with pytest.raises(ValueError):
         ui.config()
-    ui.hidden.value = "60, 60"
-    assert not shown(ui.messages["layer_sizes"]) and "mlp-invalid" not in ui.hidden._dom_classes
-    assert not ui.train_button.disabled
+    ui.controls.hidden.value = "60, 60"
+    assert (
+        not shown(ui.controls.messages["layer_sizes"])
+        and "mlp-invalid" not in ui.controls.hidden._dom_classes
+    )
+    assert not ui.controls.train_button.disabled
     assert ui.config().layer_sizes == (60, 60, 10)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("-5", "widths must be positive: a layer needs at least 1 unit, got -5"),
+        ("64, -3", "widths must be positive: a layer needs at least 1 unit, got -3"),
+        ("0", "widths must be positive: a layer needs at least 1 unit, got 0"),
+        ("64, x", "'x' is not a whole number: widths are positive integers, e.g. 64"),
+        ("2.5", "'2.5' is not a whole number: widths are positive integers, e.g. 64"),
+        ("²", "'²' is not a whole number: widths are positive integers, e.g. 64"),
+    ],
+)
+def test_hidden_layers_messages_name_the_real_problem(ui, text, message):
+    """A negative width is a whole number that is not positive, and is called so (issue 21,
+    point 6: "-5" was "not a whole number")."""
+    ui.controls.hidden.value = text
+    assert ui.problems() == {"layer_sizes": message}
+    assert html.escape(message) in ui.controls.messages["layer_sizes"].value
 
 
 def test_batch_size_is_checked_against_the_training_subset(ui):
@@ -235,9 +286,11 @@ def test_batch_size_is_checked_against_the_training_subset(ui):
         "batch_size": "batch size must be at most the training subset (500), got 600: every "
         "step takes this many images of the training subset"
     }
-    assert "mlp-invalid" in ui.batch_size._dom_classes and ui.train_button.disabled
+    assert (
+        "mlp-invalid" in ui.controls.batch_size._dom_classes and ui.controls.train_button.disabled
+    )
     settings(ui, n_train=1000)  # fixed by the other box
-    assert ui.problems() == {} and not ui.train_button.disabled
+    assert ui.problems() == {} and not ui.controls.train_button.disabled
 
 
 @pytest.mark.parametrize(
@@ -282,20 +335,20 @@ def test_batch_size_is_checked_against_the_training_subset(ui):
     ],
 )
 def test_out_of_range_values_are_explained_not_clamped(ui, control, typed, message):
-    box = getattr(ui, control)
-    name = next(name for name, b in ui.boxes.items() if b is box)
+    box = getattr(ui.controls, control)
+    name = next(name for name, b in ui.controls.boxes.items() if b is box)
     before = box.value
     box.value = typed
     assert box.value == typed  # nothing is changed behind the user's back
     assert ui.problems()[name].startswith(message), ui.problems()
-    assert html.escape(message) in ui.messages[name].value
+    assert html.escape(message) in ui.controls.messages[name].value
     assert "mlp-invalid" in box._dom_classes
-    assert ui.train_button.disabled and ui.train() is False and not ui.running
+    assert ui.controls.train_button.disabled and ui.train() is False and not ui.running
     with pytest.raises(ValueError, match="must|enter"):
         ui.config()
     box.value = before
-    assert not shown(ui.messages[name]) and "mlp-invalid" not in box._dom_classes
-    assert not ui.train_button.disabled
+    assert not shown(ui.controls.messages[name]) and "mlp-invalid" not in box._dom_classes
+    assert not ui.controls.train_button.disabled
 
 
 def test_values_at_the_limits_are_accepted(ui):
@@ -309,15 +362,19 @@ def test_values_at_the_limits_are_accepted(ui):
         2**40,
     )
     assert config.layer_sizes == (2048,) * 8 + (10,) and config.batch_size == 60_000
-    assert not ui.train_button.disabled and ui.problems() == {}
+    assert not ui.controls.train_button.disabled and ui.problems() == {}
 
 
 def test_time_limits_say_how_long_a_run_would_take_here(ui, speed):
-    from mlp_explorer import LARGEST, _duration
+    from mlp_explorer import LARGEST
+    from mlp_explorer import _time_in_words as _duration
 
-    ui._check()  # as when the calibration ends
+    ui.check()  # as when the calibration ends
     config = ui.config()
-    assert f"about {_duration(speed.epoch_seconds(config))} per epoch here" in ui.config_info.value
+    assert (
+        f"about {_duration(speed.epoch_seconds(config))} per epoch here"
+        in ui.controls.config_info.value
+    )
     total = speed.run_seconds(config.replace(max_epochs=200))
     settings(ui, epochs=1000)
     assert (
@@ -349,7 +406,7 @@ def test_speed_estimates_follow_measured_runs(ui, speed):
 def test_dropdown_labels_fit_their_boxes(ui):
     """No "improved sigmoid 1.7159 tanh(2…" cut off (the browser test measures the rendered
     text)."""
-    for dropdown in (ui.activation, ui.init):
+    for dropdown in (ui.controls.activation, ui.controls.init):
         longest = max(len(label) for label, _ in dropdown.options)
         box = int(dropdown.layout.width.rstrip("px")) - int(
             dropdown.style.description_width.rstrip("px")
@@ -364,12 +421,12 @@ def test_legend_labels_distinguish_activation_and_initialisation(ui):
     first = train(ui)
     settings(ui, activation="improved_sigmoid", init="fan_in")
     second = train(ui)
-    assert ui.runs.value == (1, 2)
+    assert ui.runs_panel.compare.value == (1, 2)
     legend = [t.get_text() for t in ui.figure().legends[0].get_texts()]
     assert legend[:2] == ["#1 sigmoid, uniform init", "#2 improved sigmoid, fan-in init"], legend
     assert legend[2:] == ["training", "validation"]
     # the Compare list names every run in full, however they differ
-    options = [label for label, _ in ui.runs.options]
+    options = [label for label, _ in ui.runs_panel.compare.options]
     assert options == [
         "#1 [16] sigmoid, uniform init, lr 0.1, γ 0, batch 32",
         "#2 [16] improved sigmoid, fan-in init, lr 0.1, γ 0, batch 32",
@@ -385,7 +442,7 @@ def test_legend_labels_distinguish_activation_and_initialisation(ui):
         "#1 [16] sigmoid, uniform init, lr 0.1",
         "#2 [8, 8] improved sigmoid, fan-in init, lr 0.01",
     ]
-    ui.runs.value = (2,)
+    ui.runs_panel.compare.value = (2,)
     legend = [t.get_text() for t in ui.figure().legends[0].get_texts()]
     assert legend[0] == "#2 [16] improved sigmoid, fan-in init, lr 0.1, γ 0, batch 32"  # in full
 
@@ -399,25 +456,31 @@ def test_numbers_axes_and_stop_reasons_agree(ui):
     top = max(max(line.get_ydata()) for line in ax_acc.get_lines())
     assert 1 < top <= 100  # percent, as the table and the status line
     acc = ui.results().loc[0, "val acc (%)"]
-    assert f"{acc:.2f} %" in ui.table.value and f"accuracy {acc:.2f} %" in ui.status.value
+    assert (
+        f"{acc:.2f} %" in ui.runs_panel.table.value
+        and f"accuracy {acc:.2f} %" in ui.live.status.value
+    )
     # the learning rate reads the same in the Compare list, the legend and the table: 3 digits
-    assert "lr 0.0316," in ui.runs.options[0][0]
+    assert "lr 0.0316," in ui.runs_panel.compare.options[0][0]
     assert "lr 0.0316," in fig.legends[0].get_texts()[0].get_text()
-    assert "<td>0.0316</td>" in ui.table.value and "0.0316228" not in ui.table.value
+    assert (
+        "<td>0.0316</td>" in ui.runs_panel.table.value
+        and "0.0316228" not in ui.runs_panel.table.value
+    )
     # how a run ended, in words
-    from mlp_explorer import STOP_REASONS
+    from mlp_explorer import STOP_WORDS
 
-    assert {words for words, _ in STOP_REASONS.values()} >= {
+    assert {ending.short for ending in STOP_WORDS.values()} >= {
         "last epoch",
         "early stopping",
         "stopped by you",
         "diverged",
     }
-    for code in ("max_epochs", "early_stopping", "stopped", "diverged", "interrupted"):
-        assert code in STOP_REASONS
-    assert "max_epochs" not in ui.table.value and "last epoch" in ui.table.value
+    assert (
+        "max_epochs" not in ui.runs_panel.table.value and "last epoch" in ui.runs_panel.table.value
+    )
     # an empty plot still says percent
-    ui.runs.value = ()
+    ui.runs_panel.compare.value = ()
     assert ui.figure().axes[1].get_ylabel() == "accuracy (%)"
 
 
@@ -425,7 +488,7 @@ def test_the_table_says_what_final_and_lowest_val_loss_are(ui):
     """ "lowest val loss" 0.7522 above "val loss" 0.7518 in one row is explained where it shows."""
     quick(ui)
     train(ui)
-    table = ui.table.value
+    table = ui.runs_panel.table.value
     headers = re.findall(r"<th[^>]*>([^<]*)</th>", table)
     groups = re.findall(r"<th colspan='\d+' class='mlp-group'>([^<]*)</th>", table)
     assert groups == ["", "network", "training", "data", "final weights", "validations", "run"]
@@ -441,7 +504,7 @@ def test_early_stopping_is_named_in_words(ui):
     hist = train(ui)
     assert hist.stop_reason == "early_stopping"
     assert ui.results().loc[0, "stopped by"] == "early stopping"
-    assert "stopped early" in ui.status.value and ui.progress.bar_style == "success"
+    assert "stopped early" in ui.live.status.value and ui.live.progress.bar_style == "success"
 
 
 @pytest.mark.parametrize(
@@ -463,34 +526,34 @@ def test_a_diverged_run_is_shown_as_a_failure(ui, lr, momentum, activation):
     runtime_warnings = [w for w in caught if issubclass(w.category, RuntimeWarning)]
     assert not runtime_warnings  # shown on the page instead
     assert hist.stop_reason == "diverged" and hist.message
-    assert ui.progress.bar_style == "danger"  # never the green bar
-    assert "⚠" in ui.status.value and "diverged" in ui.status.value
-    assert "Lower the learning rate" in ui.status.value
-    assert html.escape(hist.message) in ui.status.value
+    assert ui.live.progress.bar_style == "danger"  # never the green bar
+    assert "⚠" in ui.live.status.value and "diverged" in ui.live.status.value
+    assert "Lower the learning rate" in ui.live.status.value
+    assert html.escape(hist.message) in ui.live.status.value
     assert ui.results().loc[0, "stopped by"] == "diverged"
-    assert bytes(ui.plot.value).startswith(b"\x89PNG")  # a diverged run still plots
-    assert not ui.train_button.disabled  # and the next run can start
+    assert bytes(ui.live.plot.value).startswith(b"\x89PNG")  # a diverged run still plots
+    assert not ui.controls.train_button.disabled  # and the next run can start
 
 
 def test_stop_ends_a_run_early_and_keeps_its_history(ui):
     quick(ui, n_train=2000, epochs=200)
-    ui.train_button.click()
+    ui.controls.train_button.click()
     deadline = time.monotonic() + 20
-    while ui.progress.value == 0 and time.monotonic() < deadline:
+    while ui.live.progress.value == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert ui.progress.value > 0, "no validation within 20 s"
-    ui.stop_button.click()
-    assert "stopping…" in ui.status.value and ui.stop_button.disabled  # at once
+    assert ui.live.progress.value > 0, "no validation within 20 s"
+    ui.controls.stop_button.click()
+    assert "stopping…" in ui.live.status.value and ui.controls.stop_button.disabled  # at once
     assert ui.wait(20)
     hist = ui.histories[-1]
     assert hist.stop_reason == "stopped"
     assert 0 < hist.steps < 200 * (2000 // 32) and hist.val_steps
     assert ui.results().loc[0, "stopped by"] == "stopped by you"
-    assert ui.progress.bar_style == "warning" and "was stopped by you" in ui.status.value
+    assert ui.live.progress.bar_style == "warning" and "was stopped by you" in ui.live.status.value
     # a stopped run has no final evaluation (mlp_core.train): its last validation is shown
-    assert math.isnan(hist.final["val_loss"]) and "<td>–</td>" in ui.table.value
-    assert f"at its last validation (step {hist.val_steps[-1]:,})" in ui.status.value
-    assert f"{hist.val_loss[-1]:.4f}" in ui.status.value
+    assert math.isnan(hist.final["val_loss"]) and "<td>–</td>" in ui.runs_panel.table.value
+    assert f"at its last validation (step {hist.val_steps[-1]:,})" in ui.live.status.value
+    assert f"{hist.val_loss[-1]:.4f}" in ui.live.status.value
 
 
 @pytest.mark.slow
@@ -500,22 +563,22 @@ def test_stop_on_the_largest_network_takes_about_a_second(ui):
     shared); the measured time is printed."""
     settings(ui, hidden=", ".join(["2048"] * 8), n_train=60000, n_val=10000, epochs=1)
     assert ui.problems() == {}
-    ui.train_button.click()
+    ui.controls.train_button.click()
     deadline = time.monotonic() + 120
-    while "training…" not in ui.status.value and time.monotonic() < deadline:
+    while "training…" not in ui.live.status.value and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert "training…" in ui.status.value, f"not training after 120 s: {ui.status.value}"
+    assert "training…" in ui.live.status.value, f"not training after 120 s: {ui.live.status.value}"
     time.sleep(2)  # step 0 takes a fraction of a second: now inside the first validation
-    assert ui.running and ui.progress.value == 0, "the first validation already ended"
+    assert ui.running and ui.live.progress.value == 0, "the first validation already ended"
     started = time.perf_counter()
-    ui.stop_button.click()
-    assert "stopping…" in ui.status.value  # the page says so at once
+    ui.controls.stop_button.click()
+    assert "stopping…" in ui.live.status.value  # the page says so at once
     assert ui.wait(30), "the run did not stop within 30 s"
     latency = time.perf_counter() - started
     print(f"stop latency on 8 x 2048, 60,000 images: {latency:.2f} s")
     assert latency < 10
     assert ui.histories[-1].stop_reason == "stopped"
-    assert "was stopped by you" in ui.status.value
+    assert "was stopped by you" in ui.live.status.value
 
 
 def test_selection_overlays_runs_and_clear_resets_everything(ui):
@@ -523,21 +586,21 @@ def test_selection_overlays_runs_and_clear_resets_everything(ui):
     for lr in (0.1, 0.5):
         settings(ui, learning_rate=lr)
         train(ui)
-    assert len(ui.results()) == 2 and ui.runs.value == (1, 2)
-    both = bytes(ui.plot.value)
-    ui.runs.value = (2,)
-    assert bytes(ui.plot.value) != both
+    assert len(ui.results()) == 2 and ui.runs_panel.compare.value == (1, 2)
+    both = bytes(ui.live.plot.value)
+    ui.runs_panel.compare.value = (2,)
+    assert bytes(ui.live.plot.value) != both
     ui.select_all()
-    assert ui.runs.value == (1, 2)
+    assert ui.runs_panel.compare.value == (1, 2)
 
     empty = type(ui)()
-    ui.clear_button.click()
-    assert ui.results().empty and ui.histories == [] and ui.runs.options == ()
-    assert "No runs yet" in ui.table.value
+    ui.runs_panel.clear_button.click()
+    assert ui.results().empty and ui.histories == [] and ui.runs_panel.compare.options == ()
+    assert "No runs yet" in ui.runs_panel.table.value
     # no message or green bar of a forgotten run under the empty plot
-    assert ui.status.value == empty.status.value and "#2" not in ui.status.value
-    assert ui.progress.value == 0 and ui.progress.bar_style == ""
-    assert ui.plot.layout.display == "none" and ui.placeholder.layout.display is None
+    assert ui.live.status.value == empty.live.status.value and "#2" not in ui.live.status.value
+    assert ui.live.progress.value == 0 and ui.live.progress.bar_style == ""
+    assert ui.live.plot.layout.display == "none" and ui.live.placeholder.layout.display is None
     train(ui)
     assert list(ui.results()["run"]) == ["#1"]  # numbering starts again
 
@@ -546,7 +609,7 @@ def test_clear_during_a_run_keeps_the_run_going(ui):
     quick(ui, n_train=2000, epochs=200)
     assert ui.train()
     ui.clear()
-    assert ui.running and "Run #1" in ui.status.value
+    assert ui.running and "Run #1" in ui.live.status.value
     ui.stop()
     assert ui.wait(20)
     assert [h.config.name for h in ui.histories] == ["#1"]
@@ -561,9 +624,13 @@ def test_a_failing_run_is_reported_inline(ui, monkeypatch):
     monkeypatch.setattr(mlp_explorer, "_dataset", broken)
     quick(ui)
     assert ui.train() and ui.wait(10)
-    assert "failed" in ui.status.value and "MNIST file not found" in ui.status.value
-    assert "Traceback" not in ui.status.value
-    assert ui.progress.bar_style == "danger" and ui.histories == [] and not ui.train_button.disabled
+    assert "failed" in ui.live.status.value and "MNIST file not found" in ui.live.status.value
+    assert "Traceback" not in ui.live.status.value
+    assert (
+        ui.live.progress.bar_style == "danger"
+        and ui.histories == []
+        and not ui.controls.train_button.disabled
+    )
 
 
 def test_notebook_is_clean_and_short():
@@ -587,12 +654,18 @@ def test_notebook_is_clean_and_short():
         assert stale not in intro
 
 
-def test_voila_server_settings():
-    """explorer/serve.py: every setting that keeps the terminal quiet, the page local and the
-    kernels few (the browser test checks what they do)."""
+def _load_serve():
+    """explorer/serve.py as a module (it is a script, not a package)."""
     spec = importlib.util.spec_from_file_location("serve", REPO / "explorer" / "serve.py")
     serve = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(serve)
+    return serve
+
+
+def test_voila_server_settings():
+    """explorer/serve.py: every setting that keeps the terminal quiet, the page local and the
+    kernels few (the browser test checks what they do)."""
+    serve = _load_serve()
     config = serve.config()
     assert config.KernelManager.transport == "ipc"
     assert config.Voila.tornado_settings == {"ws_ping_interval": 0}
@@ -609,6 +682,30 @@ def test_voila_server_settings():
         Path(config.Voila.connection_dir_root) / "voila_12345678" / f"kernel-{'0' * 36}-ipc-65535"
     )
     assert len(str(socket).encode()) < 107  # a Unix socket's path is at most 107 bytes
+
+
+@pytest.mark.parametrize(
+    "options, shown", [([], True), (["--debug"], True), (["--Voila.log_level=WARN"], False)]
+)
+def test_idle_culling_is_logged_at_info(capsys, options, shown):
+    """jupyter_server's culling WARNING reaches the terminal as an INFO line, through Voilà's own
+    logging configuration with serve.py's settings: shown at the default level and with --debug,
+    not at WARN; a dead kernel's culling stays a warning. The browser test sees a real cull."""
+    from voila.app import Voila
+
+    Voila.clear_instance()
+    app = Voila(config=_load_serve().config())
+    app.parse_command_line(options)
+    app.log.warning(
+        "Culling '%s' kernel '%s' (%s) with %d connections due to %s seconds of inactivity.",
+        *("idle", "python3", "k1", 0, 31),
+    )
+    app.log.warning("Culling '%s' dead kernel '%s' (%s).", "dead", "python3", "k2")
+    lines = capsys.readouterr().err.splitlines()
+    idle = "[Voila] Culling 'idle' kernel 'python3' (k1) with 0 connections due to 31 seconds"
+    assert [line for line in lines if "(k1)" in line] == ([idle + " of inactivity."] * shown)
+    assert "[Voila] WARNING | Culling 'dead' dead kernel 'python3' (k2)." in lines
+    Voila.clear_instance()
 
 
 def test_make_explore_runs_the_launcher():

@@ -368,6 +368,13 @@ def test_voila_explorer_on_a_laptop_screen(page, start_server):
     for css, _, message, good in invalid:
         _type(page, css, good)
         page.locator(f"{css}-message").get_by_text(message).wait_for(state="hidden")
+    # a negative width is a whole number that is not positive (issue 21, point 6)
+    _type(page, ".mlp-hidden", "-5")
+    page.locator(".mlp-hidden-message").get_by_text("widths must be positive").wait_for()
+    _type(page, ".mlp-hidden", "32")
+    page.locator(".mlp-hidden-message").get_by_text("widths must be positive").wait_for(
+        state="hidden"
+    )
     _train_enabled(page)
     assert page.locator(".mlp-invalid").count() == 0
     _type(page, ".mlp-epochs", 200)  # the limit itself is fine
@@ -460,11 +467,12 @@ def test_voila_explorer_on_a_laptop_screen(page, start_server):
     assert not [w for w in LOAD_WARNINGS if w in log], log[-3000:]
 
 
-def test_a_closed_or_reloaded_page_releases_its_kernel(browser, start_server):
+def test_a_closed_or_reloaded_page_releases_its_kernel_quietly(browser, start_server):
     """A reloaded or closed page's kernel is shut down at once (Voilà's shutdown request on unload,
     which needs the _xsrf cookie serve.py creates); a page that vanishes without that request
     (a killed browser) has its kernel culled within a minute; a page left open and idle for
-    longer than the cull timeout keeps its kernel and still trains."""
+    longer than the cull timeout keeps its kernel and still trains. Through all of it the server
+    logs nothing at WARNING or above: the culling is an INFO line."""
     port = _free_port()
     server = start_server(voila_command(port), port, cwd=REPO)
     url = f"http://127.0.0.1:{port}/"
@@ -508,7 +516,12 @@ def test_a_closed_or_reloaded_page_releases_its_kernel(browser, start_server):
     kept.close(run_before_unload=True)
     _wait_for_kernels(server, 0, timeout=60)
     log = _server_log(server)
-    assert "403" not in log and "_xsrf" not in log, log[-3000:]
+    # an HTTP status 403, not the digits inside a kernel's id (53040383-…)
+    assert not re.search(r"\b403\b", log) and "_xsrf" not in log, log[-3000:]
+    # culling is what serve.py configures: said at INFO, never as a warning (issue 19, point 5)
+    loud = [line for line in log.splitlines() if re.search(r"\b(WARNING|ERROR|CRITICAL)\b", line)]
+    assert loud == [], "\n".join(loud)
+    assert re.search(r"^\[Voila\] Culling 'idle' kernel", log, re.M), log[-3000:]
 
 
 @pytest.mark.parametrize("app", ["lab", "notebook"])

@@ -1,5 +1,7 @@
 """The plot helpers draw on the axes they are given and return them; accuracies are in percent."""
 
+import dataclasses
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -64,3 +66,25 @@ def test_report_figures(runs):
     ] == ["sigmoid", "improved sigmoid"]
     for f in (fig, fig2, fig3, fig4, fig5, fig6):
         plt.close(f)
+
+
+def test_loss_accuracy_figure_without_pyplot(runs):
+    """The explorer's figure: a bare Figure (pyplot knows nothing of it), one legend below the two
+    panels naming each run and the line styles, a loss axis that a diverged run does not squash;
+    with no runs, the given text in both panels and the axes' units still there."""
+    figures = plt.get_fignums()
+    huge = [50.0 + i for i in range(len(runs[1].val_loss))]
+    diverged = dataclasses.replace(runs[1], stop_reason="diverged", val_loss=huge)
+    fig = plots.loss_accuracy_figure(
+        [runs[0], diverged], colors=["C3", "C4"], labels=["#1 one", "#2 two (training…)"]
+    )
+    assert plt.get_fignums() == figures and fig.canvas.__class__.__name__ == "FigureCanvasAgg"
+    ax_loss, ax_acc = fig.axes
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["#1 one", "#2 two (training…)", "training", "validation"]
+    assert ax_loss.get_ylim()[1] == pytest.approx(1.15 * max(runs[0].val_loss[1:]))
+    assert ax_acc.get_ylabel() == "accuracy (%)" and ax_loss.get_xlabel() == "gradient step"
+    assert {line.get_color() for line in ax_acc.lines} == {"C3", "C4"}
+    empty = plots.loss_accuracy_figure([], colors=[], labels=[], empty_text="nothing yet")
+    assert not empty.legends and [t.get_text() for t in empty.axes[0].texts] == ["nothing yet"]
+    assert empty.axes[1].get_ylabel() == "accuracy (%)"
