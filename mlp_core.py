@@ -128,6 +128,7 @@ class MLP:
         self.init = check_choice("init", init, INITIALISATIONS)
         self.dtype = check_dtype(dtype)
         self.input_size = check("input_size", input_size, POSITIVE_INT)
+        self.shapes = weight_shapes(self.layer_sizes, self.input_size)  # (fan_in, fan_out) of W[l]
         self.f, self.slope = ACTIVATIONS[activation]
         rng = np.random.default_rng(rng)
         self.weights = []
@@ -198,10 +199,6 @@ class MLP:
                 delta = np.matmul(delta, self.weights[l].T, out=buffers.deltas[l - 1][:n])
                 delta *= self.slope(a_in, out=buffers.slopes[l - 1][:n])
         return buffers.grads
-
-    @property
-    def shapes(self) -> list[tuple[int, int]]:
-        return weight_shapes(self.layer_sizes, self.input_size)
 
     @property
     def n_parameters(self) -> int:
