@@ -31,21 +31,7 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from mlp_checks import (
-    FLAG,
-    FRACTION,
-    POSITIVE_INT,
-    POSITIVE_REAL,
-    TEXT,
-    at_least,
-    between,
-    check,
-    check_choice,
-    check_dtype,
-    check_inputs,
-    check_labels,
-    check_layer_sizes,
-)
+import mlp_checks as rules
 from mlp_core import (
     ACTIVATIONS,
     INITIALISATIONS,
@@ -82,21 +68,21 @@ class RunConfig:
     name: str = ""  # label used in tables and legends
 
     RULES: ClassVar[dict[str, Callable]] = {  # field: its check, returning the value to keep
-        "layer_sizes": lambda name, value: check_layer_sizes(value, NUM_CLASSES),
-        "activation": lambda name, value: check_choice(name, value, ACTIVATIONS),
-        "init": lambda name, value: check_choice(name, value, INITIALISATIONS),
-        "learning_rate": POSITIVE_REAL,
-        "momentum": FRACTION,
-        "batch_size": POSITIVE_INT,
-        "max_epochs": POSITIVE_INT,
-        "n_train": POSITIVE_INT,
-        "n_val": POSITIVE_INT,
-        "validations_per_epoch": POSITIVE_INT,
-        "patience": POSITIVE_INT,
-        "seed": at_least(0),
-        "dtype": lambda name, value: check_dtype(value).name,
-        "record_grad_norms": FLAG,
-        "name": TEXT,
+        "layer_sizes": lambda name, value: rules.check_layer_sizes(value, NUM_CLASSES),
+        "activation": lambda name, value: rules.check_choice(name, value, ACTIVATIONS),
+        "init": lambda name, value: rules.check_choice(name, value, INITIALISATIONS),
+        "learning_rate": rules.POSITIVE_REAL,
+        "momentum": rules.FRACTION,
+        "batch_size": rules.POSITIVE_INT,
+        "max_epochs": rules.POSITIVE_INT,
+        "n_train": rules.POSITIVE_INT,
+        "n_val": rules.POSITIVE_INT,
+        "validations_per_epoch": rules.POSITIVE_INT,
+        "patience": rules.POSITIVE_INT,
+        "seed": rules.at_least(0),
+        "dtype": lambda name, value: rules.check_dtype(value).name,
+        "record_grad_norms": rules.FLAG,
+        "name": rules.TEXT,
     }
 
     def __post_init__(self):
@@ -543,15 +529,15 @@ def train(
     worker pools, which train one run per core, pass False."""
     from tqdm.auto import tqdm
 
-    blas_threads = check("blas_threads", blas_threads, POSITIVE_INT)
+    blas_threads = rules.check("blas_threads", blas_threads, rules.POSITIVE_INT)
     data = data or prepare_data(config.n_train, config.dtype, config.n_val)
-    check("n_train (for this data)", config.n_train, between(1, len(data.train)))
-    check("n_val (for this data)", config.n_val, between(1, len(data.val)))
+    rules.check("n_train (for this data)", config.n_train, rules.between(1, len(data.train)))
+    rules.check("n_val (for this data)", config.n_val, rules.between(1, len(data.val)))
     train_set = data.train.first(config.n_train, config.dtype)
     val_set = data.val.first(config.n_val, config.dtype)
     model = initial_model(config)
-    check_inputs(train_set.X, model.input_size, model.dtype)
-    check_labels(train_set.labels, len(train_set.X), NUM_CLASSES)
+    rules.check_inputs(train_set.X, model.input_size, model.dtype)
+    rules.check_labels(train_set.labels, len(train_set.X), NUM_CLASSES)
     hist = History(config=config, stop_reason="running")
     if second_core is None:
         second_core = len(os.sched_getaffinity(0)) > 1 and blas_threads == 1
