@@ -241,17 +241,24 @@ def evaluate(
     if len(split) == 0:
         raise ValueError("evaluate needs a non-empty split")
     buffers = buffers or EvaluationBuffers(model, min(evaluation_rows(model), len(split)))
+
+    def chunk_results():
+        for rows in _chunks(split, buffers.rows):
+            if should_stop is not None and should_stop():
+                raise StopRequested
+            yield _evaluate_chunk(model, split.X[rows], split.labels[rows], buffers)
+
+    return _totals(chunk_results(), len(split))
+
+
+def _totals(chunk_results, n: int) -> tuple[float, float]:
+    """Mean loss and accuracy over n images from the chunks' sums, added up in their order."""
     loss_sum = 0.0
     correct = 0
-    for rows in _chunks(split, buffers.rows):
-        if should_stop is not None and should_stop():
-            raise StopRequested
-        chunk_loss, chunk_correct = _evaluate_chunk(
-            model, split.X[rows], split.labels[rows], buffers
-        )
+    for chunk_loss, chunk_correct in chunk_results:
         loss_sum += chunk_loss
         correct += chunk_correct
-    return loss_sum / len(split), correct / len(split)
+    return loss_sum / n, correct / n
 
 
 # ==== BLAS threads: one setting of the whole process ==============================================
@@ -427,15 +434,10 @@ class _SecondCoreValidations(_Validations):
                 raise StopRequested
             results[i] = self._chunk(self.chunks[i], self.buffers)
         results = [r if r is not None else f.result() for r, f in zip(results, futures)]
-        metrics = []
-        for split in self.splits:
-            per_chunk = [r for (s, _), r in zip(self.chunks, results) if s is split]
-            loss_sum = 0.0
-            correct = 0
-            for chunk_loss, chunk_correct in per_chunk:  # in evaluate()'s order
-                loss_sum += chunk_loss
-                correct += chunk_correct
-            metrics.append((loss_sum / len(split), correct / len(split)))
+        metrics = [
+            _totals([r for (s, _), r in zip(self.chunks, results) if s is split], len(split))
+            for split in self.splits
+        ]
         self.seconds += time.perf_counter() - t0
         return metrics
 
