@@ -353,3 +353,13 @@ def grad_ratio_figure(runs: Sequence[mlp.History], colors: Sequence[str], names:
     )
     fig.tight_layout()
     return fig
+
+
+def log_steps_axis(ax, first: float, last: float):
+    """A logarithmic gradient-step axis from `first` to `last` steps, with ticks at round step
+    counts (12, 50, 125, 500, 2,000, 10,000) within it."""
+    ticks = [t for t in (12, 50, 125, 500, 2_000, 10_000) if first <= t <= last]
+    ax.set_xscale("log")
+    ax.set(xlim=(first, last), xticks=ticks)
+    ax.xaxis.set_major_formatter(STEPS)
+    return ax

@@ -410,6 +410,7 @@ class Metric:
 
 PERCENT = NBSP + "%"
 LARGER = ("larger", "smaller", "about the same")  # the words of a verdict on a size
+SOONER = ("later", "sooner", "about as soon")  # ... and on the step something first happens at
 METRICS: dict[str, Metric] = {
     "train_loss": Metric(lambda h: h.final["train_loss"], "training loss", "train loss"),
     "val_loss": Metric(lambda h: h.final["val_loss"], "final validation loss", "val loss"),
@@ -463,8 +464,7 @@ def steps_to(accuracy: float) -> Metric:
         return float(h.val_steps[reached[0]]) if reached.size else math.nan
 
     level = f"{100 * accuracy:.0f}"
-    words = ("later", "sooner", "about as soon")
-    return Metric(first_step, f"steps to {level}{PERCENT}", f"{level} %", ",.0f", "", words)
+    return Metric(first_step, f"steps to {level}{PERCENT}", f"{level} %", ",.0f", "", SOONER)
 
 
 # ---- the runs of a notebook ----------------------------------------------------------------------
@@ -590,11 +590,14 @@ class Runs(dict):
         return pd.DataFrame(rows)
 
     def before_after(
-        self, changes: Sequence[tuple[str, str, str, str, Metric]], columns: dict[str, str | Metric]
+        self,
+        changes: Sequence[tuple[str, str, str, str, Metric]],
+        columns: Sequence[str | Metric],
     ) -> pd.DataFrame:
         """One row per change (trick, the network it is added on, the network without it, the
-        network with it, the steps_to metric of its level): the means of the `columns` metrics
-        (header -> metric) and of the steps to the level, written 'before → after'."""
+        network with it, the steps_to metric of its level): the means of the `columns` metrics,
+        headed by their headers, and of the steps to the level, written 'before → after'."""
+        columns = {metric(m).header: m for m in columns}
         rows = []
         for trick, on, before, after, to_level in changes:
             row = {"trick": trick, "on": on}
@@ -815,7 +818,9 @@ def seed_note(exps: Experiments) -> None:
         lines.append(
             f"*This build trains every network with one seed ({exps.seeds[0]}), so there is no "
             f"spread between seeds to judge a difference against: claims that two networks "
-            f"differ are not tested, and are marked {UNTESTABLE} where they are checked.*"
+            f"differ are not tested and are marked {UNTESTABLE} where they are checked, and a "
+            f"verdict in the text follows the means alone, with ({UNTESTABLE}) in place of its "
+            f"p-value.*"
         )
     if smoke_mode():
         config = next(iter(exps.networks.values()))
@@ -969,6 +974,28 @@ def initialisation_stats(config: mlp.RunConfig, X: np.ndarray, val: mlp.Split) -
         "saturated": 100 * float((s < 0.1 * s0).mean()),
         "val loss": mlp.evaluate(model, val)[0],
     }
+
+
+def initialisation_table(config: mlp.RunConfig, X: np.ndarray, val: mlp.Split) -> pd.DataFrame:
+    """initialisation_stats of the network `config` starts from with every activation and every
+    initialisation (activation, then weights, in the order of mlp_core's tables), one row each."""
+    rows = []
+    for activation in mlp.ACTIVATIONS:
+        for init in mlp.INITIALISATIONS:
+            stats = initialisation_stats(config.replace(activation=activation, init=init), X, val)
+            names = {"activation": activation.replace("_", " "), "weights": init.replace("_", "-")}
+            rows.append({**names, **stats})
+    return pd.DataFrame(rows)
+
+
+INITIALISATION_FORMATS = {  # the columns of initialisation_table in a table
+    "std z": ".2f",
+    "mean f": ".3f",
+    "std f": ".3f",
+    "slope": ".3f",
+    "saturated": ".1f",
+    "val loss": ".3f",
+}
 
 
 def mean_slope(config: mlp.RunConfig, X: np.ndarray) -> tuple[float, float]:
