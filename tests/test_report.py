@@ -409,3 +409,24 @@ def test_pair_claims_are_worded_from_the_metric_table(displayed):
         "<small>† Not tested with one seed: 3a: final validation loss lower than for the "
         "baseline; steps to 90\u00a0% about the same as for the baseline.</small>"
     )
+
+
+def test_tables_of_the_analyses():
+    """Task 4d's widths around the chosen one, and Task 3's 'before → after' means (– where a
+    network never reaches the level)."""
+    widths = rep.width_table(50_880, 60)
+    assert list(widths["h"]) == [59, 60, 61] and list(widths["chosen"]) == ["", "yes", ""]
+    assert list(widths["params(h)"]) == ["50,386", "51,300", "52,216"]
+    assert list(widths["|params(h) − 50,880|"]) == ["494", "420", "1,336"]
+    runs = _runs(base=[0.95, 0.96], trick=[0.97, 0.98])
+    never = rep.steps_to(0.99)
+    table = runs.before_after([("init", "2c", "base", "trick", never)], ["val_acc", "val_loss"])
+    assert table.to_dict("records") == [
+        {
+            "trick": "init",
+            "on": "2c",
+            "val acc (%)": "95.50 → 97.50",
+            "val loss": "0.3000 → 0.3000",
+            "steps to level": "– → –",
+        }
+    ]
