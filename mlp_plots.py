@@ -416,3 +416,13 @@ def _fit_loss_axis(ax, runs: Sequence[mlp.History]) -> None:
     tails = [v for h in kept for v in h.val_loss[1:] if math.isfinite(v)]
     if len(tails) >= 2:
         ax.set_ylim(0, 1.15 * max(tails))
+
+
+def log_steps_axis(ax, first: float, last: float):
+    """A logarithmic gradient-step axis from `first` to `last` steps, with ticks at round step
+    counts (12, 50, 125, 500, 2,000, 10,000) within it."""
+    ticks = [t for t in (12, 50, 125, 500, 2_000, 10_000) if first <= t <= last]
+    ax.set_xscale("log")
+    ax.set(xlim=(first, last), xticks=ticks)
+    ax.xaxis.set_major_formatter(STEPS)
+    return ax

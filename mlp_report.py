@@ -12,7 +12,10 @@ tables.
   gives p < 0.05; otherwise they are the same. `Runs.check(a, b, claims)` backs claims about a
   pair of networks with it (`claims(...)` words such claims from the metric table),
   `check(claim, evidence)` every other claim: a claim the runs do not support gets a visible note
-  (and fails the build under --strict).
+  (and fails the build under --strict). Where the argument does not rest on a comparison, the
+  text takes the rule's verdict itself, `runs.verdict(a, b, metric)` ("larger, 0.0222 against
+  0.0041 (p = 0.021)"), worded in one place, Comparison.phrase; `runs.vs(a, b, metric)` gives
+  the two means ("0.1380 against 0.2977").
 * Numbers for the running text (`pct`, `steps`, `num`, `sci`, `mean_std`, ...), written into the
   Markdown cells as inline expressions {eval}`...`, and `Table` (booktabs LaTeX in the PDF, an
   HTML table in the HTML report, both through pandas' Styler).
@@ -401,6 +404,7 @@ class Metric:
     header: str  # a table column: "val acc (%)"
     fmt: str = ".4f"
     unit: str = ""  # after the number in text: " %", " ms"
+    comparatives: tuple[str, str, str] = ("higher", "lower", "about the same")  # a verdict's word
 
     def text(self, x: float) -> Text:
         """x in this metric's format and unit."""
@@ -410,6 +414,8 @@ class Metric:
 
 
 PERCENT = NBSP + "%"
+LARGER = ("larger", "smaller", "about the same")  # the words of a verdict on a size
+SOONER = ("later", "sooner", "about as soon")  # ... and on the step something first happens at
 METRICS: dict[str, Metric] = {
     "train_loss": Metric(lambda h: h.final["train_loss"], "training loss", "train loss"),
     "val_loss": Metric(lambda h: h.final["val_loss"], "final validation loss", "val loss"),
@@ -425,16 +431,22 @@ METRICS: dict[str, Metric] = {
         "train − val acc (pp)",
         ".2f",
         NBSP + "points",
+        comparatives=LARGER,
     ),
     "best_val_loss": Metric(lambda h: h.best_val_loss, "lowest validation loss", "lowest val loss"),
     "best_step": Metric(
-        lambda h: h.best_step, "step of the lowest validation loss", "best at", ",.0f"
+        lambda h: h.best_step,
+        "step of the lowest validation loss",
+        "best at",
+        ",.0f",
+        comparatives=("later", "earlier", "at about the same step"),
     ),
     "steps": Metric(lambda h: h.steps, "number of steps", "steps", ",.0f"),
     "rise": Metric(
         lambda h: h.final["val_loss"] - h.best_val_loss,
         "rise of the validation loss after its lowest value",
         "final − lowest",
+        comparatives=LARGER,
     ),
 }
 
@@ -457,7 +469,7 @@ def steps_to(accuracy: float) -> Metric:
         return float(h.val_steps[reached[0]]) if reached.size else math.nan
 
     level = f"{100 * accuracy:.0f}"
-    return Metric(first_step, f"steps to {level}{PERCENT}", f"{level} %", ",.0f")
+    return Metric(first_step, f"steps to {level}{PERCENT}", f"{level} %", ",.0f", "", SOONER)
 
 
 # ---- the runs of a notebook ----------------------------------------------------------------------
@@ -478,8 +490,7 @@ class Runs(dict):
         return values[~np.isnan(values)]
 
     def mean(self, label: str, m: str | Metric) -> float:
-        values = self.per_seed(label, m)
-        return float(values.mean()) if values.size else math.nan
+        return _mean(self.per_seed(label, m))
 
     def value(self, label: str, m: str | Metric) -> Text:
         """The mean over the seeds, in the metric's format and unit: '96.33 %'."""
@@ -538,9 +549,24 @@ class Runs(dict):
         """Network a against network b in a metric, by the comparison rule."""
         return Comparison(self.per_seed(a, m), self.per_seed(b, m), (a, b), metric(m))
 
+    def vs(self, a: str, b: str, m: str | Metric, p: bool = False) -> Text:
+        """The means of network a and network b in a metric, '0.1380 against 0.2977', and with `p`
+        the p-value of the comparison rule, '95.86 % against 91.67 % (p = 0.0011)' († with one
+        seed): the evidence of a fixed sentence that Runs.check backs."""
+        comparison = self.compare(a, b, m)
+        return comparison.evidence() if p else comparison.means()
+
+    def verdict(self, a: str, b: str, m: str | Metric) -> Text:
+        """The comparison rule's verdict on network a against network b in a metric, in the
+        metric's words with the means and the p-value: 'higher, 0.1426 against 0.1287 (p = 0.033)'
+        or 'about the same, 0.1402 against 0.1411 (p = 0.81)' (see Comparison.phrase). For a
+        sentence whose argument holds whichever way the test goes."""
+        return self.compare(a, b, m).phrase()
+
     def check(self, a: str, b: str, claims: dict[str, tuple[str, str | Metric]]) -> None:
-        """Back claims about network a against network b, each claim -> (the verdict it states:
-        "higher", "lower" or "same"; the metric), with the comparison rule. See check()."""
+        """Back claims about network a against network b, each claim -> (what it states: "higher",
+        "lower", "same", "not_higher" or "not_lower"; the metric), with the comparison rule. See
+        check()."""
         notes = []
         for claim, (verdict, m) in claims.items():
             comparison = self.compare(a, b, m).expect(verdict)
@@ -568,6 +594,25 @@ class Runs(dict):
             rows.append(row)
         return pd.DataFrame(rows)
 
+    def before_after(
+        self,
+        changes: Sequence[tuple[str, str, str, str, Metric]],
+        columns: Sequence[str | Metric],
+    ) -> pd.DataFrame:
+        """One row per change (trick, the network it is added on, the network without it, the
+        network with it, the steps_to metric of its level): the means of the `columns` metrics,
+        headed by their headers, and of the steps to the level, written 'before → after'."""
+        columns = {metric(m).header: m for m in columns}
+        rows = []
+        for trick, on, before, after, to_level in changes:
+            row = {"trick": trick, "on": on}
+            for header, m in {**columns, "steps to level": to_level}.items():
+                fmt = metric(m).fmt
+                means = (self.mean(label, m) for label in (before, after))
+                row[header] = " → ".join(format(x, fmt) if _finite(x) else "–" for x in means)
+            rows.append(row)
+        return pd.DataFrame(rows)
+
 
 FINAL_METRICS = mlp.FINAL_METRICS  # the protocol's final table
 
@@ -583,7 +628,7 @@ class Comparison:
     b: np.ndarray
     names: tuple[str, str] = ("a", "b")
     metric: Metric = dataclasses.field(default_factory=lambda: Metric(lambda h: 0.0, "value", ""))
-    expected: str | None = None  # "higher", "lower" or "same": what a claim says of a against b
+    expected: str | None = None  # what a claim says of a against b: a key of BORNE_OUT_BY
 
     @property
     def testable(self) -> bool:
@@ -613,12 +658,41 @@ class Comparison:
 
     @property
     def holds(self) -> bool:
-        return self.expected is not None and self.verdict == self.expected
+        """Whether the verdict bears out what the claim states (see BORNE_OUT_BY)."""
+        return self.expected is not None and self.verdict in BORNE_OUT_BY[self.expected]
 
-    def expect(self, verdict: str) -> Comparison:
-        if verdict not in ("higher", "lower", "same"):
-            raise ValueError(f"a verdict is 'higher', 'lower' or 'same', got {verdict!r}")
-        return dataclasses.replace(self, expected=verdict)
+    def expect(self, claim: str) -> Comparison:
+        """This comparison as the evidence of a claim that states `claim` of a against b:
+        "higher", "lower", "same", or the one-sided "not_higher" and "not_lower"."""
+        if claim not in BORNE_OUT_BY:
+            raise ValueError(f"a claim states one of {CLAIM_KINDS}, got {claim!r}")
+        return dataclasses.replace(self, expected=claim)
+
+    def means(self) -> Text:
+        """The two means in the metric's format and unit: '0.1380 against 0.2977'."""
+        mean_a, mean_b = (self.metric.text(_mean(v)) for v in (self.a, self.b))
+        return Text(f"{mean_a} against {mean_b}")
+
+    def phrase(self) -> Text:
+        """The verdict in the metric's words (Metric.comparatives), the means and the p-value, for
+        the running text: 'larger, 0.0222 against 0.0041 (p = 0.021)', 'about the same, 0.1402
+        against 0.1411 (p = 0.81)'. The one place that words a verdict. With one seed nothing is
+        tested: the word follows the means and the † of untested claims takes the p-value's place,
+        'earlier, 20,750 against 21,250 (†)'."""
+        words = dict(zip(("higher", "lower", "same"), self.metric.comparatives))
+        if self.testable:
+            return Text(f"{words[self.verdict]}, {self.evidence()}")
+        mean_a, mean_b = _mean(self.a), _mean(self.b)
+        if not (_finite(mean_a) and _finite(mean_b)):
+            return self.evidence()  # a network without a completed run
+        by_means = "higher" if mean_a > mean_b else "lower" if mean_a < mean_b else "same"
+        return Text(f"{words[by_means]}, {self.evidence()}")
+
+    def evidence(self) -> Text:
+        """The means and the p-value, '0.1426 against 0.1287 (p = 0.033)'; with one seed the
+        † of untested claims instead of the p-value."""
+        tested = p_value(self.p) if self.testable else UNTESTABLE
+        return Text(f"{self.means()} ({tested})")
 
     def __str__(self) -> str:
         m = self.metric
@@ -627,7 +701,28 @@ class Comparison:
         means = f"{m.words} {mean_a} ({self.names[0]}) against {mean_b} ({self.names[1]})"
         if not self.testable:
             return means
-        return f"{means}, Welch's p = {sig(self.p, 2)}"
+        return f"{means}, Welch's {p_value(self.p)}"
+
+
+BORNE_OUT_BY = {  # what a claim states of a against b: the verdicts of the rule that bear it out
+    "higher": ("higher",),
+    "lower": ("lower",),
+    "same": ("same",),
+    "not_higher": ("same", "lower"),  # holds whichever way a test near the threshold goes
+    "not_lower": ("same", "higher"),
+}
+CLAIM_KINDS = ", ".join(repr(kind) for kind in BORNE_OUT_BY)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else math.nan
+
+
+def p_value(p: float) -> Text:
+    """A p-value for the text, to two significant digits: 'p = 0.021', 'p = 0.41', 'p < 0.001'."""
+    if p < 0.001:
+        return Text(f"p{NBSP}<{NBSP}0.001")
+    return Text(f"p{NBSP}={NBSP}{sig(p, 2)}")
 
 
 def compare(a, b, name_a: str = "a", name_b: str = "b", m: str | Metric | None = None):
@@ -650,20 +745,27 @@ def check(claim: str, evidence: Comparison | bool | None, detail: str = "") -> N
     _show_notes(_claim_notes(claim, evidence, detail))
 
 
-VERDICT_WORDS = {"higher": "higher than", "lower": "lower than", "same": "about the same as"}
+VERDICT_WORDS = {  # how the name of a claim words what it states
+    "higher": "higher than",
+    "lower": "lower than",
+    "same": "about the same as",
+    "not_higher": "not higher than",
+    "not_lower": "not lower than",
+}
 
 
 def claims(
     a: str, b: str, **verdicts: Sequence[str | Metric]
 ) -> dict[str, tuple[str, str | Metric]]:
     """The claims of Runs.check worded from the metric table: the metrics grouped by the verdict
-    each claim states of network a against network b (keywords higher, lower, same), `a` and
-    `b` as the text names them. claims("3a", "the baseline", lower=["val_loss"]) gives
-    {"3a: final validation loss lower than for the baseline": ("lower", "val_loss")}."""
+    each claim states of network a against network b (keywords higher, lower, same, not_higher,
+    not_lower), `a` and `b` as the text names them. claims("3a", "the baseline",
+    lower=["val_loss"]) gives {"3a: final validation loss lower than for the baseline": ("lower",
+    "val_loss")}."""
     worded = {}
     for verdict, metrics in verdicts.items():
         if verdict not in VERDICT_WORDS:
-            raise ValueError(f"a verdict is 'higher', 'lower' or 'same', got {verdict!r}")
+            raise ValueError(f"a claim states one of {CLAIM_KINDS}, got {verdict!r}")
         for m in metrics:
             claim = f"{a}: {metric(m).words} {VERDICT_WORDS[verdict]} for {b}"
             worded[claim] = (verdict, m)
@@ -721,7 +823,9 @@ def seed_note(exps: Experiments) -> None:
         lines.append(
             f"*This build trains every network with one seed ({exps.seeds[0]}), so there is no "
             f"spread between seeds to judge a difference against: claims that two networks "
-            f"differ are not tested, and are marked {UNTESTABLE} where they are checked.*"
+            f"differ are not tested and are marked {UNTESTABLE} where they are checked, and a "
+            f"verdict in the text follows the means alone, with ({UNTESTABLE}) in place of its "
+            f"p-value.*"
         )
     if smoke_mode():
         config = next(iter(exps.networks.values()))
@@ -877,6 +981,28 @@ def initialisation_stats(config: mlp.RunConfig, X: np.ndarray, val: mlp.Split) -
     }
 
 
+def initialisation_table(config: mlp.RunConfig, X: np.ndarray, val: mlp.Split) -> pd.DataFrame:
+    """initialisation_stats of the network `config` starts from with every activation and every
+    initialisation (activation, then weights, in the order of mlp_core's tables), one row each."""
+    rows = []
+    for activation in mlp.ACTIVATIONS:
+        for init in mlp.INITIALISATIONS:
+            stats = initialisation_stats(config.replace(activation=activation, init=init), X, val)
+            names = {"activation": activation.replace("_", " "), "weights": init.replace("_", "-")}
+            rows.append({**names, **stats})
+    return pd.DataFrame(rows)
+
+
+INITIALISATION_FORMATS = {  # the columns of initialisation_table in a table
+    "std z": ".2f",
+    "mean f": ".3f",
+    "std f": ".3f",
+    "slope": ".3f",
+    "saturated": ".1f",
+    "val loss": ".3f",
+}
+
+
 def mean_slope(config: mlp.RunConfig, X: np.ndarray) -> tuple[float, float]:
     """The mean slope f'(z) over every hidden unit of the network train(config) starts from, on
     the inputs X, and the slope f'(0) at the origin."""
@@ -890,6 +1016,65 @@ def slope_at_zero(activation: str) -> float:
     """f'(0), the largest slope of an activation of mlp_core.ACTIVATIONS."""
     f, slope = mlp.ACTIVATIONS[activation]
     return float(slope(f(np.zeros(1)))[0])
+
+
+def width_table(budget: int, width: int, n_hidden: int = 2) -> pd.DataFrame:
+    """The parameter counts of `n_hidden` equal hidden layers of the chosen `width` and of its two
+    neighbours, and their distance from the budget (Task 4d)."""
+    rows = []
+    for h in (width - 1, width, width + 1):
+        count = mlp.count_parameters([h] * n_hidden + [mlp.NUM_CLASSES])
+        rows.append(
+            {
+                "h": h,
+                "formula": f"{mlp.INPUT_SIZE}·{h} + {h}² + {mlp.NUM_CLASSES}·{h}",
+                "params(h)": steps(count),
+                f"|params(h) − {budget:,}|": steps(abs(count - budget)),
+                "chosen": "yes" if h == width else "",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def gradient_check_table(errors: dict[str, float], layer_sizes: Sequence[int], epsilon: float):
+    """One row per activation: the network checked, its number of weights, the largest error of
+    the gradient check (activation -> error), the bound epsilon² and how far below it the error
+    lies."""
+    rows = []
+    for activation, error in errors.items():
+        rows.append(
+            {
+                "activation": activation.replace("_", " "),
+                "network": " → ".join(map(str, [mlp.INPUT_SIZE, *layer_sizes])),
+                "weights checked": steps(mlp.count_parameters(layer_sizes)),
+                "largest error": sci(error),
+                "bound": sci(epsilon**2, 1),
+                "bound / error": num(epsilon**2 / error, 1),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+GRADIENT_TIMES = {"init": "at initialisation", "training": "during training (median)"}
+
+
+def gradient_ratio_table(ratios: dict[tuple[str, str], np.ndarray], n_weights: int):
+    """One row per (network, "init" or "training"): 'mean ± std' over the seeds of W1/WL and
+    W2/W(L-1) of networks with L = `n_weights` weight matrices (`ratios` holds them per seed, as
+    gradient_ratios gives them), and of the factor per layer by which the gradient changes from
+    one hidden layer to the one below, (W2/W(L-1)) to the power 1/(L-3)."""
+    rows = []
+    for (label, when), r in ratios.items():
+        rows.append(
+            {
+                "network": label,
+                "when": GRADIENT_TIMES[when],
+                f"$W_1 / W_{{{n_weights}}}$": mean_std_sig(r[:, 0]),
+                f"$W_2 / W_{{{n_weights - 1}}}$": mean_std_sig(r[:, 1]),
+                "factor per layer": mean_std_sig(r[:, 1] ** (1 / (n_weights - 3))),
+            }
+        )
+    return pd.DataFrame(rows)
 
 
 def gradient_ratios(h: mlp.History, when: str) -> tuple[float, float]:

@@ -100,6 +100,30 @@ def test_task_notebooks_read_as_the_report(path):
     assert len(experiments) == 1 and "EXPERIMENTS = rep.experiments(" in experiments[0].source
 
 
+PAIR_BY_HAND = re.compile(
+    r"\{eval\}`runs\.value\(([^,()]+), ([^()`]+)\)`[^{]{0,30}against[^{]{0,30}"
+    r"\{eval\}`runs\.value\(([^,()]+), \2\)`"
+)
+VERDICT_BY_HAND = re.compile(r"not significant|within the spread between seeds", re.I)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_comparisons_in_the_text_use_the_helpers(path):
+    """Two networks' means are written with runs.vs ('0.3738 against 0.2977'), not as two values
+    around 'against'; and no sentence states by hand that a difference is not significant: a
+    verdict that can go either way comes from runs.verdict, so that it is true on every machine."""
+    nb = nbformat.read(path, as_version=4)
+    for index, cell in enumerate(nb.cells, start=1):
+        if cell.cell_type != "markdown":
+            continue
+        pair = PAIR_BY_HAND.search(cell.source)
+        assert not pair, f"{path.name}, cell {index}: use runs.vs for {pair.group(0)!r}"
+        words = VERDICT_BY_HAND.search(cell.source)
+        assert not words, (
+            f"{path.name}, cell {index}: a verdict written by hand, {words.group(0)!r}"
+        )
+
+
 @pytest.fixture(scope="module")
 def smoke_env(tmp_path_factory):
     """Smoke mode, with a run store of its own (filled by the first test that trains)."""

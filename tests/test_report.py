@@ -119,6 +119,19 @@ def test_one_seed_decides_nothing():
     assert str(c) == "validation accuracy 96.90\u00a0% (a) against 96.30\u00a0% (b)"  # no p, no nan
 
 
+def test_one_sided_claims_hold_whichever_way_a_close_test_goes():
+    """'not higher' is borne out by 'lower' and by 'same', so a test near the threshold cannot flip
+    it; a clear difference the other way still can."""
+    lower = rep.compare([1.0, 1.1, 1.2], [2.0, 2.1, 2.2])
+    tie = rep.compare([96.31, 96.2, 96.41], [96.33, 96.45, 96.22])
+    for c in (lower, tie):
+        assert c.expect("not_higher").holds
+    assert not lower.expect("not_lower").holds and tie.expect("not_lower").holds
+    assert not rep.compare([96.9], [96.3]).expect("not_higher").holds  # one seed: untested
+    with pytest.raises(ValueError, match="a claim states one of 'higher', 'lower', 'same', 'not_"):
+        lower.expect("better")
+
+
 def test_no_spread_at_all():
     assert rep.compare([100.0, 100.0], [100.0, 100.0]).verdict == "same"
     assert rep.compare([125.0, 125.0, 125.0], [250.0, 250.0, 250.0]).verdict == "lower"
@@ -130,6 +143,78 @@ def test_the_rule_is_welchs_t_test():
     a, b = [0.1411, 0.1380, 0.1442], [0.1402, 0.1350, 0.1455]
     assert rep.compare(a, b).p == pytest.approx(ttest_ind(a, b, equal_var=False).pvalue)
     assert "Welch" in rep.COMPARISON_RULE and f"p < {rep.ALPHA:g}" in rep.COMPARISON_RULE
+
+
+# ---- verdicts in the text ------------------------------------------------------------------------
+
+NB = "\u00a0"
+
+
+def _runs(**values):
+    """A Runs table with one run per value: label -> final validation accuracies (fractions)."""
+    return rep.Runs(
+        {
+            label: [_history(i, acc, name=label) for i, acc in enumerate(accs)]
+            for label, accs in values.items()
+        }
+    )
+
+
+def test_vs_gives_both_means_in_the_metrics_format():
+    runs = _runs(a=[0.96, 0.97], b=[0.95, 0.95])
+    assert runs.vs("a", "b", "val_acc") == f"96.50{NB}% against 95.00{NB}%"
+    assert runs.vs("a", "b", "val_loss") == "0.3000 against 0.3000"
+    p = rep.p_value(runs.compare("a", "b", "val_acc").p)
+    assert runs.vs("a", "b", "val_acc", p=True) == f"96.50{NB}% against 95.00{NB}% ({p})"
+    one_seed = _runs(a=[0.96], b=[0.95])
+    assert one_seed.vs("a", "b", "val_acc", p=True) == f"96.00{NB}% against 95.00{NB}% (†)"
+
+
+def test_a_verdict_is_worded_from_the_test():
+    clear = _runs(a=[0.969, 0.9685, 0.9695], b=[0.963, 0.962, 0.9645])
+    assert clear.compare("a", "b", "val_acc").p == pytest.approx(0.0078, abs=1e-4)
+    assert clear.verdict("a", "b", "val_acc") == (
+        f"higher, 96.90{NB}% against 96.32{NB}% (p{NB}={NB}0.0078)"
+    )
+    assert clear.verdict("b", "a", "val_acc").startswith("lower, 96.32")
+    far = _runs(a=[0.9690, 0.9691, 0.9692], b=[0.9630, 0.9631, 0.9632])
+    assert far.verdict("a", "b", "val_acc").endswith(f"(p{NB}<{NB}0.001)")
+    tie = _runs(a=[0.9631, 0.962, 0.9641], b=[0.9633, 0.9645, 0.9622])
+    p = tie.compare("a", "b", "val_acc").p
+    assert tie.verdict("a", "b", "val_acc") == (
+        f"about the same, 96.31{NB}% against 96.33{NB}% (p{NB}={NB}{rep.sig(p, 2)})"
+    )
+
+
+def test_a_verdict_uses_the_metrics_own_words():
+    gap = rep.compare([3.0, 3.1, 3.2], [1.0, 1.1, 1.2], m="gap")
+    assert gap.phrase().startswith("larger, 3.10" + NB + "points against 1.10" + NB + "points")
+    later = rep.compare([900.0, 950.0, 1000.0], [100.0, 110.0, 120.0], m=rep.steps_to(0.9))
+    assert later.phrase().startswith("later, 950 against 110 (p")
+    assert (
+        rep.compare([1.0, 1.1, 1.2], [9.0, 9.1, 9.2], m="best_step")
+        .phrase()
+        .startswith("earlier, ")
+    )
+
+
+@pytest.mark.parametrize(
+    "p, text",
+    [(0.0213, "p = 0.021"), (0.0696, "p = 0.070"), (0.41, "p = 0.41"), (2e-5, "p < 0.001")],
+)
+def test_p_values_for_the_text(p, text):
+    assert rep.p_value(p) == text.replace(" ", NB)
+
+
+def test_a_verdict_with_one_seed_follows_the_means_and_is_marked():
+    """One seed tests nothing: the word follows the means, the † of untested claims stands in
+    for the p-value, and nothing reads nan."""
+    runs = _runs(a=[0.96], b=[0.95])
+    assert runs.verdict("a", "b", "val_acc") == f"higher, 96.00{NB}% against 95.00{NB}% (†)"
+    assert runs.verdict("a", "a", "val_loss") == "about the same, 0.3000 against 0.3000 (†)"
+    lost = rep.Runs({"a": [_history(0, math.nan, "diverged")], "b": [_history(0, 0.95)]})
+    assert lost.verdict("a", "b", "val_acc") == f"– against 95.00{NB}% (†)"
+    assert "nan" not in lost.vs("a", "b", "val_acc")
 
 
 # ---- checked claims ------------------------------------------------------------------------------
@@ -164,7 +249,7 @@ def test_an_unsupported_claim_gets_a_visible_note_in_the_reports_words(displayed
     ((text, metadata),) = displayed
     assert text == (
         "> ⚠ **Not supported by these runs:** 128 units beat 64 (validation accuracy "
-        "96.57\u00a0% (128) against 96.50\u00a0% (64), Welch's p = 0.89)."
+        "96.57\u00a0% (128) against 96.50\u00a0% (64), Welch's p\u00a0=\u00a00.89)."
     )
     assert "val_acc" not in text and "nan" not in text
     assert metadata["mlp_claim"]["claim"] == "128 units beat 64"
@@ -315,7 +400,7 @@ def test_pair_claims_are_worded_from_the_metric_table(displayed):
             list(claims.values())[1][1],
         ),
     }
-    with pytest.raises(ValueError, match="a verdict is 'higher', 'lower' or 'same'"):
+    with pytest.raises(ValueError, match="a claim states one of 'higher', 'lower', 'same', 'not_h"):
         rep.claims("a", "b", better=["val_acc"])
     runs = rep.Runs({"3a": [_history(0, 0.96)], "the baseline": [_history(0, 0.95)]})
     runs.check("3a", "the baseline", claims)
@@ -324,3 +409,24 @@ def test_pair_claims_are_worded_from_the_metric_table(displayed):
         "<small>† Not tested with one seed: 3a: final validation loss lower than for the "
         "baseline; steps to 90\u00a0% about the same as for the baseline.</small>"
     )
+
+
+def test_tables_of_the_analyses():
+    """Task 4d's widths around the chosen one, and Task 3's 'before → after' means (– where a
+    network never reaches the level)."""
+    widths = rep.width_table(50_880, 60)
+    assert list(widths["h"]) == [59, 60, 61] and list(widths["chosen"]) == ["", "yes", ""]
+    assert list(widths["params(h)"]) == ["50,386", "51,300", "52,216"]
+    assert list(widths["|params(h) − 50,880|"]) == ["494", "420", "1,336"]
+    runs = _runs(base=[0.95, 0.96], trick=[0.97, 0.98])
+    never = rep.steps_to(0.99)
+    table = runs.before_after([("init", "2c", "base", "trick", never)], ["val_acc", "val_loss"])
+    assert table.to_dict("records") == [
+        {
+            "trick": "init",
+            "on": "2c",
+            "val acc (%)": "95.50 → 97.50",
+            "val loss": "0.3000 → 0.3000",
+            "steps to level": "– → –",
+        }
+    ]
