@@ -327,8 +327,8 @@ def pct(x: float, decimals: int = 2) -> Text:
     return Text(f"{num(x, decimals)}{NBSP}%") if _finite(x) else Text("–")
 
 
-def steps(x: float) -> Text:
-    """A count of gradient steps (or images, parameters): '21,583'."""
+def count(x: float) -> Text:
+    """A whole number with thousands separators (steps, images, parameters): '21,583'."""
     return Text(f"{round(float(x)):,}") if _finite(x) else Text("–")
 
 
@@ -1023,13 +1023,13 @@ def width_table(budget: int, width: int, n_hidden: int = 2) -> pd.DataFrame:
     neighbours, and their distance from the budget (Task 4d)."""
     rows = []
     for h in (width - 1, width, width + 1):
-        count = mlp.count_parameters([h] * n_hidden + [mlp.NUM_CLASSES])
+        params = mlp.count_parameters([h] * n_hidden + [mlp.NUM_CLASSES])
         rows.append(
             {
                 "h": h,
                 "formula": f"{mlp.INPUT_SIZE}·{h} + {h}² + {mlp.NUM_CLASSES}·{h}",
-                "params(h)": steps(count),
-                f"|params(h) − {budget:,}|": steps(abs(count - budget)),
+                "params(h)": count(params),
+                f"|params(h) − {budget:,}|": count(abs(params - budget)),
                 "chosen": "yes" if h == width else "",
             }
         )
@@ -1046,7 +1046,7 @@ def gradient_check_table(errors: dict[str, float], layer_sizes: Sequence[int], e
             {
                 "activation": activation.replace("_", " "),
                 "network": " → ".join(map(str, [mlp.INPUT_SIZE, *layer_sizes])),
-                "weights checked": steps(mlp.count_parameters(layer_sizes)),
+                "weights checked": count(mlp.count_parameters(layer_sizes)),
                 "largest error": sci(error),
                 "bound": sci(epsilon**2, 1),
                 "bound / error": num(epsilon**2 / error, 1),

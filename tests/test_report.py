@@ -291,10 +291,10 @@ def test_numbers_for_the_text():
     assert rep.mean_std([], ".2f") == "–"
     assert rep.mean_std([-0.5, -1.5], ".1f") == "−1.0\u00a0±\u00a00.7"
     assert rep.mean_std_sig([0.006, 0.0068, 0.0062]) == "0.00633\u00a0±\u00a00.00042"
-    assert rep.pct(96.333) == "96.33\u00a0%" and rep.steps(21583.4) == "21,583"
+    assert rep.pct(96.333) == "96.33\u00a0%" and rep.count(21583.4) == "21,583"
     assert rep.num(-0.12345, 3) == "−0.123" and rep.sig(0.0063512) == "0.00635"
     assert rep.signed(0.57) == "+0.57" and rep.signed(-1.644) == "−1.64"
-    for helper in (rep.pct, rep.steps, rep.num, rep.sig, rep.signed, rep.sci):
+    for helper in (rep.pct, rep.count, rep.num, rep.sig, rep.signed, rep.sci):
         assert helper(math.nan) == "–" or helper is rep.sci
     # shown in Jupyter without quotes, as jupyterlab-myst and the build show inline values
     assert repr(rep.pct(50)) == "50.00\u00a0%"
