@@ -77,20 +77,13 @@ def plot_loss(
     ax = ax or plt.gca()
     for i, h in enumerate(_runs(histories)):
         color, name = _style(i, h, colors, labels)
+        train_xy = None
         if train:
             s, m, sd = smooth(h.train_loss, window or h.config.validation_interval)
-            ax.plot(s, m, color=color, lw=1.2, label=f"{name} (training)" if val else name)
+            train_xy = (s, m)
             if band:
                 ax.fill_between(s, m - sd, m + sd, color=color, alpha=0.15, lw=0)
-        if val:
-            ax.plot(
-                h.val_steps,
-                h.val_loss,
-                color=color,
-                lw=1.2,
-                ls="--",
-                label=f"{name} (validation)" if train else name,
-            )
+        _train_and_val(ax, color, name, train_xy, h.val_loss if val else None, h)
     ax.set_ylabel("cross-entropy loss")
     return steps_axis(ax)
 
@@ -102,25 +95,21 @@ def plot_accuracy(
     ax = ax or plt.gca()
     for i, h in enumerate(_runs(histories)):
         color, name = _style(i, h, colors, labels)
-        if train:
-            ax.plot(
-                h.val_steps,
-                100 * np.asarray(h.train_acc),
-                color=color,
-                lw=1.2,
-                label=f"{name} (training)" if val else name,
-            )
-        if val:
-            ax.plot(
-                h.val_steps,
-                100 * np.asarray(h.val_acc),
-                color=color,
-                lw=1.2,
-                ls="--",
-                label=f"{name} (validation)" if train else name,
-            )
+        train_acc = (h.val_steps, 100 * np.asarray(h.train_acc)) if train else None
+        _train_and_val(ax, color, name, train_acc, 100 * np.asarray(h.val_acc) if val else None, h)
     ax.set_ylabel("accuracy (%)")
     return steps_axis(ax)
+
+
+def _train_and_val(ax, color: str, name: str, train_xy, val_values, h: mlp.History) -> None:
+    """One run's training curve (solid, at its own steps) and validation curve (dashed, at the
+    validation steps) in one colour; the legend names the curve only when both are drawn."""
+    both = train_xy is not None and val_values is not None
+    if train_xy is not None:
+        ax.plot(*train_xy, color=color, lw=1.2, label=f"{name} (training)" if both else name)
+    if val_values is not None:
+        label = f"{name} (validation)" if both else name
+        ax.plot(h.val_steps, val_values, color=color, lw=1.2, ls="--", label=label)
 
 
 def line_key(colors: dict[str, str], wide: str | None = None, width: float = 1.5) -> list[Line2D]:
@@ -238,15 +227,7 @@ def pair_figure(
             plot_accuracy(runs, ax, train=train, val=not train, colors=colors, labels=names)
             ax.set(ylim=zoom([100 * np.asarray(v) for v in values], skip, hi=100.2), title=title)
     ax_v.set_ylabel("")
-    fig.legend(
-        *ax_t.get_legend_handles_labels(),
-        loc="lower center",
-        bbox_to_anchor=(0.5, 1.0),
-        ncol=len(runs),
-        frameon=False,
-    )
-    fig.tight_layout()
-    return fig
+    return _legend_above(fig, ax_t.get_legend_handles_labels()[0], columns=len(runs))
 
 
 def activation_figure(names: Sequence[str] = ("sigmoid", "improved_sigmoid"), colors=("C0", "C2")):
@@ -295,23 +276,18 @@ def grad_profile_figure(runs: Sequence[mlp.History], titles: Sequence[str]):
         ax.set(xlabel="weight matrix (input → output)", title=title)
         ax.grid(True, axis="y", alpha=0.3, which="both")
     axes[0].set_ylabel("gradient norm")
+    during = "during training: median and 25–75 % range over validations"
+    handles = [
+        Patch(color="0.7", label="at initialisation"),
+        Line2D([], [], color="black", marker="o", ms=3.5, lw=1, label=during),
+    ]
+    return _legend_above(fig, handles)
+
+
+def _legend_above(fig, handles, columns: int = 2):
+    """One legend of `handles` above the panels; the figure, laid out."""
     fig.legend(
-        handles=[
-            Patch(color="0.7", label="at initialisation"),
-            Line2D(
-                [],
-                [],
-                color="black",
-                marker="o",
-                ms=3.5,
-                lw=1,
-                label="during training: median and 25–75 % range over validations",
-            ),
-        ],
-        loc="lower center",
-        bbox_to_anchor=(0.5, 1.0),
-        ncol=2,
-        frameon=False,
+        handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=columns, frameon=False
     )
     fig.tight_layout()
     return fig
@@ -323,37 +299,18 @@ def grad_ratio_figure(runs: Sequence[mlp.History], colors: Sequence[str], names:
     fig, ax = plt.subplots(figsize=(7.5, 2.7))
     for h, color, name in zip(runs, colors, names):
         n, last = np.asarray(h.grad_norms), len(h.grad_norms[0])
+        inner = f"{name}: $W_2 / W_{{{last - 1}}}$"
         ax.plot(
-            h.val_steps,
-            n[:, 1] / n[:, -2],
-            color=color,
-            lw=1.1,
-            marker="o",
-            ms=2.5,
-            label=f"{name}: $W_2 / W_{{{last - 1}}}$",
+            h.val_steps, n[:, 1] / n[:, -2], color=color, lw=1.1, marker="o", ms=2.5, label=inner
         )
-        ax.plot(
-            h.val_steps,
-            n[:, 0] / n[:, -1],
-            color=color,
-            lw=0.9,
-            ls=":",
-            label=f"{name}: $W_1 / W_{{{last}}}$",
-        )
+        outer = f"{name}: $W_1 / W_{{{last}}}$"
+        ax.plot(h.val_steps, n[:, 0] / n[:, -1], color=color, lw=0.9, ls=":", label=outer)
     ax.axhline(1, color="black", lw=0.8)
     ax.set(yscale="log", ylabel="gradient norm ratio")
     plain_log_labels(ax)
     steps_axis(ax, log=True, linear_until=runs[0].config.validation_interval)
     ax.grid(True, alpha=0.3, which="both")
-    fig.legend(
-        *ax.get_legend_handles_labels(),
-        loc="lower center",
-        bbox_to_anchor=(0.5, 1.0),
-        ncol=2,
-        frameon=False,
-    )
-    fig.tight_layout()
-    return fig
+    return _legend_above(fig, ax.get_legend_handles_labels()[0])
 
 
 def loss_accuracy_figure(
