@@ -107,21 +107,31 @@ COMPUTING_MODULES = ("mlp_core", "mlp_train", "mlp_data", "mlp_checks", "mnist_f
 @functools.cache
 def code_digest() -> str:
     """SHA-256 of the COMPUTING_MODULES and of what does their arithmetic (numpy's version, the
-    BLAS library and the kernel it chose for this CPU): a stored run is reused only where it
-    would be computed bit for bit the same."""
-    from threadpoolctl import threadpool_info
-
-    blas = sorted(
-        f"{info.get('internal_api')} {info.get('version')} {info.get('architecture')}"
-        for info in threadpool_info()
-        if info.get("user_api") == "blas"
-    )
-    numerics = json.dumps({"numpy": np.__version__, "blas": blas})
+    BLAS library numpy calls and the kernel it chose for this CPU): a stored run is reused only
+    where it would be computed bit for bit the same."""
+    numerics = json.dumps({"numpy": np.__version__, "blas": numpy_blas()})
     digest = hashlib.sha256()
     for name in COMPUTING_MODULES:
         digest.update(name.encode() + b"\0" + (REPO / f"{name}.py").read_bytes())
     digest.update(numerics.encode())
     return digest.hexdigest()
+
+
+def numpy_blas() -> list[str]:
+    """The BLAS libraries numpy itself loaded, as "api version kernel". Another library's own BLAS
+    (scipy brings one) does not compute a run, and counting it would make a run's key depend on
+    whether scipy happened to be imported."""
+    from threadpoolctl import threadpool_info
+
+    blas = [info for info in threadpool_info() if info.get("user_api") == "blas"]
+    package = Path(np.__file__).resolve().parent  # the wheel's libraries: numpy.libs beside it
+    shipped = (package, package.parent / "numpy.libs", package / ".dylibs")
+    own = [info for info in blas if Path(info["filepath"]).resolve().parent in shipped]
+    # A numpy that links a system BLAS ships none: then every BLAS in the process counts.
+    return sorted(
+        f"{info.get('internal_api')} {info.get('version')} {info.get('architecture')}"
+        for info in (own or blas)
+    )
 
 
 def _config_dict(config: mlp.RunConfig) -> dict:

@@ -97,6 +97,21 @@ def test_the_code_digest_covers_every_module_a_run_is_computed_with(mnist_path):
     assert set(done.stdout.split()) == set(mlp_runs.COMPUTING_MODULES)
 
 
+def test_the_key_does_not_depend_on_whether_scipy_is_imported():
+    """scipy brings its own OpenBLAS, which computes nothing of a run: importing it (the report's
+    statistics do) must not change every run's key. It did, and the build retrained."""
+    script = (
+        "import mlp_runs; before = mlp_runs.code_digest(); import scipy.stats; "
+        "mlp_runs.code_digest.cache_clear(); print(before == mlp_runs.code_digest(), "
+        "mlp_runs.numpy_blas())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("True ['openblas "), done.stdout
+
+
 def test_a_change_in_the_training_loop_changes_the_key(monkeypatch, tmp_path):
     digest = mlp_runs.code_digest()
     fake = tmp_path / "repo"
