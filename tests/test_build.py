@@ -225,6 +225,7 @@ def test_builds_with_different_settings_side_by_side(env, tmp_path):
         (dict(MLP_FRESH="perhaps"), "MLP_FRESH='perhaps' is not understood"),
         (dict(MLP_SMOKE="maybe"), "MLP_SMOKE='maybe' is not understood"),
         (dict(MLP_SEEDS="0"), "MLP_SEEDS must be a positive integer such as 3, got '0'"),
+        (dict(MLP_SEEDS="²"), "MLP_SEEDS must be a positive integer such as 3, got '²'"),
     ],
 )
 def test_bad_settings_are_one_line(env, tmp_path, setting, message):
