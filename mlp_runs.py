@@ -33,6 +33,7 @@ their next step), the runs finished so far stay in the store, and KeyboardInterr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import errno
@@ -911,10 +912,93 @@ def _train_on_dask(client, todo: list[mlp.RunConfig], progress: SweepProgress):
             client.unsubscribe_topic(DASK_PROGRESS_TOPIC)
 
 
+DASK_TIMEOUT = 10.0  # seconds to wait for the scheduler of $MLP_DASK_SCHEDULER, by default
+
+
+def dask_timeout() -> float:
+    """Seconds to wait for the Dask scheduler: $MLP_DASK_TIMEOUT, else DASK_TIMEOUT; ValueError
+    naming the setting when it is not a number of seconds > 0."""
+    value = os.environ.get("MLP_DASK_TIMEOUT", "").strip()
+    if not value:
+        return DASK_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ValueError(
+            f"MLP_DASK_TIMEOUT must be a number of seconds > 0 such as {DASK_TIMEOUT:g}, "
+            f"got {value!r}"
+        )
+    return seconds
+
+
+def dask_scheduler() -> str:
+    """$MLP_DASK_SCHEDULER checked as a Dask scheduler address (scheme://host:port, tcp:// by
+    default) without connecting, or "" when unset; ValueError naming the setting and the form to
+    use otherwise. (A dask Client made with a malformed address is left half-made for its
+    finaliser, which waits a minute.)"""
+    address = os.environ.get("MLP_DASK_SCHEDULER", "").strip()
+    if not address:
+        return ""
+    _import_distributed()
+    from distributed.comm.addressing import parse_address
+    from distributed.comm.registry import backends
+
+    try:
+        scheme, location = parse_address(address, strict=False)
+        if scheme not in backends:
+            raise ValueError(f"unknown scheme {scheme}://")
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            _host, colon, port = location.rpartition(":")
+            if not colon:
+                raise ValueError("it names no host:port")
+            if not (port.isascii() and port.isdigit() and 0 < int(port) < 2**16):
+                raise ValueError(f"the port {port!r} is not a number from 1 to 65535")
+    except ValueError as exc:
+        raise ValueError(
+            f"MLP_DASK_SCHEDULER={address!r} is not a Dask scheduler address ({exc}): write it as "
+            "tcp://host:8786, or unset MLP_DASK_SCHEDULER to train on this machine"
+        ) from None
+    return address
+
+
+def _shake_hands(address: str, seconds: float) -> None:
+    """Connect to the scheduler at `address` within `seconds` and take its handshake; OSError
+    otherwise. (distributed.Client waits for the handshake without a time limit, so a program
+    that takes the connection but never answers would hold it forever; here the handshake gets
+    a second more than the connection, which dask's own error names.) In a thread of its own,
+    with its own event loop: the caller may be a Jupyter kernel, whose loop runs."""
+    from distributed.comm import connect
+
+    async def handshake() -> None:
+        try:
+            comm = await asyncio.wait_for(connect(address, timeout=seconds), seconds + 1)
+        except TimeoutError:
+            raise TimeoutError(f"nothing answered there as a Dask scheduler within {seconds:g} s")
+        comm.abort()
+
+    failures = []
+
+    def run() -> None:
+        try:
+            asyncio.run(handshake())
+        except BaseException as exc:  # handed to the calling thread
+            failures.append(exc)
+
+    # a daemon: it ends within `seconds`, and never holds up an interrupted program
+    thread = threading.Thread(target=run, name="dask-handshake", daemon=True)
+    thread.start()
+    thread.join()
+    if failures:
+        raise failures[0]
+
+
 @contextlib.contextmanager
-def _dask_client(client):
+def _dask_client(client, announce: bool = True):
     """The Dask client to train on: `client`, else one connected to $MLP_DASK_SCHEDULER for the
-    sweep (closed afterwards), else None (train on this machine)."""
+    sweep (closed afterwards), else None (train on this machine). Connecting says where it
+    connects (unless not `announce`) and gives up after dask_timeout() seconds."""
     if client is not None:
         distributed = _import_distributed()
         if not isinstance(client, distributed.Client) or client.asynchronous:
@@ -923,19 +1007,27 @@ def _dask_client(client):
             )
         yield client
         return
-    address = os.environ.get("MLP_DASK_SCHEDULER", "").strip()
+    address = dask_scheduler()
     if not address:
         yield None
         return
     distributed = _import_distributed()
+    seconds = dask_timeout()
+    if announce:
+        print(
+            f"Connecting to the Dask scheduler at {address} (MLP_DASK_SCHEDULER; giving up after "
+            f"{seconds:g} s, MLP_DASK_TIMEOUT)...",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
-        # waits distributed.comm.timeouts.connect (dask's setting, 30 s by default)
-        own = distributed.Client(address, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as exc:
+        _shake_hands(address, seconds)
+        own = distributed.Client(address, timeout=seconds, set_as_default=False)
+    except OSError as exc:  # refused, unreachable, unknown host, or no answer in time
         raise RuntimeError(
-            f"MLP_DASK_SCHEDULER={address}: no Dask scheduler could be reached ({exc}). Start one "
-            "there (`dask scheduler`, or a dask-jobqueue cluster), or unset MLP_DASK_SCHEDULER "
-            "to train on this machine."
+            f"MLP_DASK_SCHEDULER={address}: no Dask scheduler could be reached ({exc}). Start "
+            "one there (`dask scheduler`, or a dask-jobqueue cluster), set MLP_DASK_TIMEOUT to "
+            "wait longer, or unset MLP_DASK_SCHEDULER to train on this machine."
         ) from exc
     try:
         yield own
@@ -987,7 +1079,7 @@ def run_experiments(
         keeper = _Keeper(store)
         keeper.check(todo)
         with (
-            _dask_client(client) as dask_client,
+            _dask_client(client, announce=progress) as dask_client,
             contextlib.closing(_train(todo, n_jobs, dask_client, progress, desc)) as trained,
         ):
             for h in trained:  # an error here closes `trained` at once: its workers end with it

@@ -87,6 +87,10 @@ def _environment() -> None:
 
 def settings() -> dict:
     """The build's settings from the environment, each checked (ValueError names the bad one)."""
+    import mlp_runs
+
+    mlp_runs.dask_scheduler()  # MLP_DASK_SCHEDULER and MLP_DASK_TIMEOUT: checked, not used here
+    mlp_runs.dask_timeout()
     import mlp_report
 
     return {

@@ -226,6 +226,7 @@ def test_builds_with_different_settings_side_by_side(env, tmp_path):
         (dict(MLP_SMOKE="maybe"), "MLP_SMOKE='maybe' is not understood"),
         (dict(MLP_SEEDS="0"), "MLP_SEEDS must be a positive integer such as 3, got '0'"),
         (dict(MLP_SEEDS="²"), "MLP_SEEDS must be a positive integer such as 3, got '²'"),
+        (dict(MLP_DASK_TIMEOUT="soon"), "MLP_DASK_TIMEOUT must be a number of seconds > 0"),
     ],
 )
 def test_bad_settings_are_one_line(env, tmp_path, setting, message):
@@ -234,6 +235,25 @@ def test_bad_settings_are_one_line(env, tmp_path, setting, message):
     assert result.returncode == 1
     lines = failure(result)
     assert lines[0].startswith(message) and len(lines) <= 2
+
+
+def test_a_malformed_dask_scheduler_ends_the_build_at_once(env, tmp_path):
+    """MLP_DASK_SCHEDULER=garbage is checked with the other settings, before the data is read or
+    any run is planned: one line, and no dask Client is left for its finaliser (which waited 60 s
+    and then printed a `Client.__del__ ... TimeoutError` traceback)."""
+    notebook(tmp_path / "nb", "task9_tiny")
+    t0 = time.monotonic()
+    result = build(env, tmp_path / "nb", tmp_path / "out", MLP_DASK_SCHEDULER="garbage")
+    seconds = time.monotonic() - t0
+    print(f"MLP_DASK_SCHEDULER=garbage: the build ended after {seconds:.1f} s")
+    assert result.returncode == 1 and "Plan:" not in result.stdout
+    lines = failure(result)
+    assert lines[0] == (
+        "MLP_DASK_SCHEDULER='garbage' is not a Dask scheduler address (it names no host:port): "
+        "write it as tcp://host:8786, or unset MLP_DASK_SCHEDULER to train on this machine"
+    )
+    assert len(lines) <= 2 and "__del__" not in result.stderr
+    assert seconds < 50, "as long as the finaliser's wait"  # generous: a busy machine
 
 
 def test_missing_mnist_files_are_one_line(env, tmp_path):
