@@ -4,6 +4,7 @@ nothing written when nothing changed, short private runtime files, builds with d
 settings side by side, and errors of one or two lines."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -116,6 +117,35 @@ def test_a_failing_inline_expression_names_notebook_cell_and_expression(env, tmp
 
 
 @needs_pandoc
+def test_a_double_backtick_role_is_evaluated(env, tmp_path):
+    """``{eval}``"`"`` (two backticks around an expression that holds one, the Markdown way and
+    jupyterlab-myst's) is evaluated like any other role, not printed as typed."""
+    cells = list(TINY)
+    cells[2] = ("markdown", 'A backtick: {eval}``"`"``; and {eval}`x`, see Table 9.1.')
+    notebook(tmp_path / "nb", "task9_tiny", cells)
+    result = build(env, tmp_path / "nb", tmp_path / "out")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "A backtick: `; and 2.5, see" in page and "{eval}" not in page
+
+
+@needs_pandoc
+def test_an_eval_that_is_not_a_role_names_its_cell(env, tmp_path):
+    cells = list(TINY)
+    cells[2] = ("markdown", "A value: {eval}`x, never closed.")
+    notebook(tmp_path / "nb", "task9_tiny", cells)
+    result = build(env, tmp_path / "nb", tmp_path / "out")
+    assert result.returncode == 1
+    lines = failure(result)
+    assert lines[0] == (
+        "task9_tiny.ipynb, cell 4 (Markdown): '{eval}`x, never closed.' holds an {eval} that is "
+        "not a role: write {eval}`expression`, or {eval}``expression`` when the expression holds "
+        "a backtick"
+    )
+    assert len(lines) <= 2 and not (tmp_path / "out" / "report.html").exists()
+
+
+@needs_pandoc
 def test_a_raw_numpy_number_in_the_text_is_refused(env, tmp_path):
     """numpy 2 shows np.float64(2.5) for a bare number: the build asks for a formatter."""
     cells = list(TINY)
@@ -151,10 +181,37 @@ def test_a_latex_error_names_its_cell_and_leaves_both_old_files(env, tmp_path):
     result = build(env, tmp_path / "nb", out)
     assert result.returncode == 1
     lines = failure(result)
-    assert lines[0].startswith("LaTeX failed on task9_tiny.ipynb, cell 5: Undefined control")
-    assert len(lines) <= 2
+    tex = Path(env["MLP_REPORT_BUILD"]) / "smoke-1-seeds" / "report.tex"  # where it really is
+    assert re.fullmatch(
+        rf"LaTeX failed on task9_tiny\.ipynb, cell 5: Undefined control sequence \(line (\d+) "
+        rf"of {re.escape(str(tex))}\)",
+        lines[0],
+    )
+    assert len(lines) <= 2 and tex.is_file()
     assert {name: (out / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in out.iterdir()) == [".report.key", "report.html", "report.pdf"]
+
+
+@needs_latex
+def test_a_line_too_long_for_latex_names_its_cell_and_the_tex_file(env, tmp_path):
+    """A 1 MB value makes a line longer than TeX's buffer: xelatex's error does not start a line
+    of its log and names no line; the message still quotes it and names the cell and the line."""
+    cells = list(TINY)
+    cells[1] = ("code", "x = 2.5\nbig = 1.45e-8\nhuge = 'a' * 1_000_000")
+    cells[2] = ("markdown", "Huge: {eval}`huge`, see Table 9.1.")
+    notebook(tmp_path / "nb", "task9_tiny", cells)
+    result = build(env, tmp_path / "nb", tmp_path / "out")
+    assert result.returncode == 1
+    lines = failure(result)
+    tex = Path(env["MLP_REPORT_BUILD"]) / "smoke-1-seeds" / "report.tex"
+    found = re.fullmatch(
+        r"LaTeX failed on task9_tiny\.ipynb, cell 4: Unable to read an entire line---bufsize=\d+ "
+        rf"\(line (\d+) of {re.escape(str(tex))}, ([\d,]+) bytes long\)",
+        lines[0],
+    )
+    assert found and len(lines) <= 2, lines
+    line = tex.read_text().splitlines()[int(found[1]) - 1]
+    assert len(line.encode()) == int(found[2].replace(",", "")) > 1_000_000
 
 
 @needs_pandoc
