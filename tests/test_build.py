@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import interrupts
 import nbformat
 import pytest
 
@@ -313,27 +314,24 @@ def test_a_malformed_dask_scheduler_ends_the_build_at_once(env, tmp_path):
     assert seconds < 50, "as long as the finaliser's wait"  # generous: a busy machine
 
 
-def test_missing_mnist_files_are_one_line(env, tmp_path):
+def test_missing_mnist_files_are_one_line(env, tmp_path, closed_port):
     notebook(tmp_path / "nb", "task9_tiny")
     empty = tmp_path / "no-data"
     empty.mkdir()
+    mirror = f"http://127.0.0.1:{closed_port}/"
     result = build(
-        env,
-        tmp_path / "nb",
-        tmp_path / "out",
-        MNIST_DIR=str(empty),
-        MNIST_MIRROR="http://127.0.0.1:9/",
+        env, tmp_path / "nb", tmp_path / "out", MNIST_DIR=str(empty), MNIST_MIRROR=mirror
     )
     assert result.returncode == 1
     lines = failure(result)
-    assert lines[0].startswith("train-images-idx3-ubyte.gz: download from http://127.0.0.1:9/")
+    assert lines[0].startswith(f"train-images-idx3-ubyte.gz: download from {mirror}")
     assert "copy the four MNIST .gz files into" in lines[0] and len(lines) <= 2
 
 
-def test_make_data_without_data_or_network_is_one_line(tmp_path):
+def test_make_data_without_data_or_network_is_one_line(tmp_path, closed_port):
     result = subprocess.run(
         [sys.executable, str(REPO / "mnist_files.py"), str(tmp_path / "empty")],
-        env=dict(os.environ, MNIST_MIRROR="http://127.0.0.1:9/"),
+        env=dict(os.environ, MNIST_MIRROR=f"http://127.0.0.1:{closed_port}/"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -369,6 +367,10 @@ def test_the_makefile_passes_yes_no_values_to_the_one_parser():
 
 
 def test_ctrl_c_in_the_first_second_is_one_line(env, tmp_path):
+    """Ctrl-C (SIGINT to the build's process group, as a terminal sends it) while the build
+    starts: exit code 130 and one line. The build gets SIGINT's default disposition whatever the
+    suite inherited (under nohup or `make test &` it would inherit it ignored, and rightly keep
+    it), and the signal is sent once its handler is in place."""
     notebook(tmp_path / "nb", "task9_tiny")
     command = [sys.executable, str(BUILD), "--notebooks", str(tmp_path / "nb")]
     proc = subprocess.Popen(
@@ -379,7 +381,9 @@ def test_ctrl_c_in_the_first_second_is_one_line(env, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=interrupts.default_dispositions,
     )
+    interrupts.wait_until_caught(proc.pid, signal.SIGINT)
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)

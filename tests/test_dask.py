@@ -18,6 +18,7 @@ from pathlib import Path
 _DASK_HOME = Path(tempfile.mkdtemp(prefix="mlp-test-dask-"))
 os.environ.setdefault("DASK_CONFIG", str(_DASK_HOME / "config"))
 
+import interrupts  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -124,12 +125,14 @@ def _interrupt_when_both_train(client, fired: list) -> None:
 
 
 def test_ctrl_c_cancels_every_dask_task(client, tmp_path):
+    """A real SIGINT to this process while both workers train. SIGINT raises KeyboardInterrupt
+    here whatever the suite inherited (under nohup or `make test &` it arrives ignored)."""
     configs = [mlp.RunConfig(**LONG, seed=s) for s in range(3)]  # two train, one waits
     fired = []
     interrupter = threading.Thread(target=_interrupt_when_both_train, args=(client, fired))
     interrupter.start()
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with interrupts.sigint_raises(), pytest.raises(KeyboardInterrupt):
             mlp_runs.run_experiments(
                 configs, store=mlp_runs.RunStore(tmp_path), client=client, progress=False
             )

@@ -20,25 +20,27 @@ def bodies(source: str) -> list[str]:
     return [role.body for role in roles(source)]
 
 
-@pytest.mark.parametrize(
-    "source, expected",
-    [
-        ("a {eval}`x` b", ["x"]),
-        ('a {eval}``"`"`` b', ['"`"']),  # the input: a backtick inside the expression
-        ("a {eval}```x``` b", ["x"]),
-        ("a {eval}`` `x` `` b", [" `x` "]),  # the body as written: no spaces stripped
-        ("{ eval }`x` and {eval .cls}`y`", ["x", "y"]),  # spaces and options in the braces
-        ("over {eval}`a +\nb` lines", ["a +\nb"]),
-        ("code `{eval}`x`` and then {eval}`y`", ["y"]),
-        ("code `` {eval}`x` `` only", []),
-        ("math $a {eval}`x`$, $$ {eval}`z` $$ and {eval}`w`", ["w"]),
-        ("a lone $5 and {eval}`x`", ["x"]),
-        ("escaped \\{eval}`x`, \\\\{eval}`q` and {eval}`v`", ["v"]),
-        ("```\n{eval}`in code`\n```\n{eval}`after`", ["after"]),
-        ("~~~~python\n{eval}`in code`\n~~~\n~~~~\n{eval}`after`", ["after"]),
-        ("```{note}\n{eval}`in a directive`\n```", ["in a directive"]),
-    ],
-)
+# (Markdown, the expressions of its roles): the browser test (test_lab_browser) checks that
+# jupyterlab-myst evaluates exactly these
+FOUND = [
+    ("a {eval}`x` b", ["x"]),
+    ('a {eval}``"`"`` b', ['"`"']),  # the input: a backtick inside the expression
+    ("a {eval}```x``` b", ["x"]),
+    ("a {eval}`` `x` `` b", [" `x` "]),  # the body as written: no spaces stripped
+    ("{ eval }`x` and {eval .cls}`y`", ["x", "y"]),  # spaces and options in the braces
+    ("over {eval}`a +\nb` lines", ["a +\nb"]),
+    ("code `{eval}`x`` and then {eval}`y`", ["y"]),
+    ("code `` {eval}`x` `` only", []),
+    ("math $a {eval}`x`$, $$ {eval}`z` $$ and {eval}`w`", ["w"]),
+    ("a lone $5 and {eval}`x`", ["x"]),
+    ("escaped \\{eval}`x`, \\\\{eval}`q` and {eval}`v`", ["v"]),
+    ("```\n{eval}`in code`\n```\n{eval}`after`", ["after"]),
+    ("~~~~python\n{eval}`in code`\n~~~\n~~~~\n{eval}`after`", ["after"]),
+    ("```{note}\n{eval}`in a directive`\n```", ["in a directive"]),
+]
+
+
+@pytest.mark.parametrize("source, expected", FOUND)
 def test_roles_are_found_where_jupyterlab_myst_finds_them(source, expected):
     assert bodies(source) == expected
 
