@@ -81,13 +81,29 @@ DASK_EXTRA_HINT = "pip install -e '.[dask]'"  # how to get the optional Dask ext
 DASK_PROGRESS_TOPIC = "mlp-runs-progress"  # the Dask event topic the workers report steps on
 
 
-class RunStoreError(RuntimeError):
-    """The run store cannot be written. The message (two lines) names the folder, the reason and
-    the fix, which are also its attributes `folder`, `reason` and `fix`."""
+class FolderNotWritable(RuntimeError):
+    """A folder cannot be written: the run store here, the report's folders in the build. The
+    message (two lines) names the folder, the reason (and the file being written, if given) and
+    the fix, led by freeing space when the disk is full; they are also its attributes."""
+
+    def __init__(self, what: str, folder: Path, reason: str, fix: str, writing: str = ""):
+        if "full" in reason or "quota" in reason:
+            fix = f"free some space there, or {fix}"
+        self.folder, self.reason, self.fix = folder, reason, fix
+        doing = f" ({writing} was being written)" if writing else ""
+        super().__init__(f"{what} {folder} cannot be written: {reason}{doing}.\nFix: {fix}.")
+
+    @classmethod
+    def from_oserror(cls, what: str, folder: Path, exc: OSError, fix: str, writing: str = ""):
+        """The error for `exc`, an OSError met writing into `folder`, its reason in words."""
+        return cls(what, folder, _oserror_reason(exc, folder), fix, writing)
+
+
+class RunStoreError(FolderNotWritable):
+    """The run store cannot be written (see FolderNotWritable)."""
 
     def __init__(self, folder: Path, reason: str, fix: str):
-        self.folder, self.reason, self.fix = folder, reason, fix
-        super().__init__(f"The run store {folder} cannot be written: {reason}.\nFix: {fix}.")
+        super().__init__("The run store", folder, reason, fix)
 
 
 class RunStoreWarning(RuntimeWarning):
@@ -313,8 +329,6 @@ class RunStore:
             if self._from_environment
             else "give RunStore a writable folder"
         )
-        if "full" in reason or "quota" in reason:
-            fix = f"free some space there, or {fix}"
         return RunStoreError(self.folder, reason, fix)
 
     def check_writable(self, configs: Iterable[mlp.RunConfig] = ()) -> None:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import hashlib
@@ -496,17 +497,32 @@ def export_html(nb, target: Path) -> None:
     target.write_text(describe_figures(page, captions))
 
 
-def write_atomic(target: Path, data: str | bytes) -> None:
-    """Write a file so that a reader sees the old or the new content, never half of it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+@contextlib.contextmanager
+def _writing(target: Path):
+    """An OSError while `target` is written names `target` as its file, unless it names one in
+    another folder: a failed write of an open file names none, and a temporary file beside
+    `target` is not what a reader should look for."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except OSError as exc:
+        if isinstance(exc.filename, str) and Path(exc.filename).parent != target.parent:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
+
+
+def write_atomic(target: Path, data: str | bytes) -> None:
+    """Write a file so that a reader sees the old or the new content, never half of it; an
+    OSError names `target`."""
+    with _writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data.encode() if isinstance(data, str) else data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def export(nb, out: Path, build: Path, pdf: bool) -> list[Path]:
@@ -519,13 +535,15 @@ def export(nb, out: Path, build: Path, pdf: bool) -> list[Path]:
     temporary = {}
     try:
         for name, write in targets.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
-            os.close(fd)
-            temporary[name] = Path(tmp)
-            write(nb, temporary[name])
-            os.chmod(temporary[name], 0o644)
+            with _writing(out / name):
+                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
+                os.close(fd)
+                temporary[name] = Path(tmp)
+                write(nb, temporary[name])
+                os.chmod(temporary[name], 0o644)
         for name, tmp in temporary.items():  # both exist now: the renames take microseconds
-            os.replace(tmp, out / name)
+            with _writing(out / name):
+                os.replace(tmp, out / name)
     finally:
         for tmp in temporary.values():
             tmp.unlink(missing_ok=True)

@@ -3,6 +3,8 @@ inline expressions, the answers page, checked references, the PDF and HTML repla
 nothing written when nothing changed, short private runtime files, builds with different
 settings side by side, and errors of one or two lines."""
 
+import errno
+import hashlib
 import os
 import re
 import shutil
@@ -18,6 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "report" / "build_report.py"
+sys.path.insert(0, str(BUILD.parent))  # build_report and export, for the tests that call them
 needs_latex = pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in ("xelatex", "pandoc")),
     reason="xelatex or pandoc not found: install them with `sudo make system-deps`",
@@ -396,6 +399,130 @@ def test_an_unwritable_build_folder_is_named_before_any_training(env, tmp_path):
     blocker.write_text("not a folder")
     result = build(env, tmp_path / "nb", tmp_path / "out", MLP_REPORT_BUILD=str(blocker))
     assert result.returncode == 1 and "Plan:" not in result.stdout
-    (line, *_) = failure(result)
-    assert line.startswith(f"The build folder {blocker}/smoke-1-seeds cannot be written")
-    assert line.endswith("Point MLP_REPORT_BUILD at a writable folder.")
+    assert failure(result)[:2] == [
+        f"The build folder {blocker}/smoke-1-seeds cannot be written: {blocker} is a file, not a "
+        "folder.",
+        "Fix: point MLP_REPORT_BUILD at a writable folder.",
+    ]
+
+
+# ---- a full disk -----------------------------------------------------------------------------
+
+MOUNT = ["unshare", "--mount", "--propagation", "private"]  # a mount that only the child sees
+
+
+def _why_no_tmpfs(folder: Path) -> str:
+    """'' when a tmpfs can be mounted on `folder` in a private mount namespace, else why not."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    probe = subprocess.run(
+        [*MOUNT, "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        return f"a tmpfs cannot be mounted ({probe.stderr.strip() or probe.returncode})"
+    return ""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_pandoc
+def test_a_full_file_system_under_out_keeps_the_report_and_says_what_to_do(env, tmp_path):
+    """--out on a real full file system: a 4 MB tmpfs mounted in a private mount namespace (as
+    root; nothing outside the test sees it), the previous report copied in and the rest filled.
+    The build names the folder, the file it was writing, the reason and the fix, in the run
+    store's words; the previous report is left as it was, and no temporary file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    why_not = _why_no_tmpfs(out)
+    if why_not:
+        pytest.skip(f"needs a real full file system: {why_not}")
+    old = tmp_path / "old"
+    notebook(tmp_path / "nb", "task9_tiny")
+    assert build(env, tmp_path / "nb", old).returncode == 0
+    cells = list(TINY)
+    cells[2] = ("markdown", "Changed: {eval}`x`, see Table 9.1.")
+    notebook(tmp_path / "nb", "task9_tiny", cells)  # so that the report is written again
+    script = (
+        'mount -t tmpfs -o size=4m tmpfs "$OUT" && cp -a "$OLD"/. "$OUT"/ || exit 99\n'
+        'head -c 8M /dev/zero > "$OUT/filler" 2>/dev/null\n'
+        '"$@"; code=$?\n'
+        'echo "== in --out:"; ls -A "$OUT"; sha256sum "$OUT/report.html" "$OUT/report.pdf"\n'
+        "exit $code\n"
+    )
+    command = [sys.executable, str(BUILD), "--notebooks", str(tmp_path / "nb"), "--out", str(out)]
+    result = subprocess.run(
+        [*MOUNT, "sh", "-c", script, "sh", *command],
+        cwd=REPO,
+        env=dict(env, OUT=str(out), OLD=str(old)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    said, listing = result.stdout.split("== in --out:\n")
+    lines = failure(subprocess.CompletedProcess(result.args, 1, said, result.stderr))
+    assert lines[:2] == [
+        f"The report folder {out} cannot be written: the disk is full (report.html was being "
+        "written).",
+        "Fix: free some space there, or use --out to write the report elsewhere.",
+    ]
+    *names, html, pdf = listing.splitlines()
+    assert sorted(names) == [".report.key", "filler", "report.html", "report.pdf"]
+    assert html.split()[0] == _sha256(old / "report.html")  # the previous report, untouched
+    assert pdf.split()[0] == _sha256(old / "report.pdf")
+
+
+def test_a_simulated_full_disk_under_out_names_folder_file_and_fix(tmp_path, monkeypatch):
+    """The same without a real full disk: the HTML export meets ENOSPC half-way."""
+    import build_report
+    import export
+
+    import mlp_runs
+
+    out, folder = tmp_path / "out", tmp_path / "build" / "smoke-1-seeds"
+    out.mkdir()
+    (out / "report.html").write_text("the previous report")
+
+    def half_written(nb, target):
+        target.write_text("half of a new rep")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "export_html", half_written)
+    with pytest.raises(mlp_runs.FolderNotWritable) as failed:
+        with build_report.writes_named(out, folder):
+            export.export(None, out, folder, pdf=False)
+    assert str(failed.value) == (
+        f"The report folder {out} cannot be written: the disk is full (report.html was being "
+        "written).\nFix: free some space there, or use --out to write the report elsewhere."
+    )
+    assert [p.name for p in out.iterdir()] == ["report.html"]
+    assert (out / "report.html").read_text() == "the previous report"
+
+
+def test_a_simulated_full_disk_in_the_build_folder_names_it(tmp_path, monkeypatch):
+    """A full disk while the build folder is written (inside --out, as report/build is by
+    default): the build folder is named, with its own fix."""
+    import build_report
+    import export
+
+    import mlp_runs
+
+    out = tmp_path / "report"
+    folder = out / "build" / "smoke-1-seeds"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export.os, "fdopen", full)
+    with pytest.raises(mlp_runs.FolderNotWritable) as failed:
+        with build_report.writes_named(out, folder):
+            export.write_atomic(folder / "report.ipynb", "{}")
+    assert str(failed.value) == (
+        f"The build folder {folder} cannot be written: the disk is full (report.ipynb was being "
+        "written).\nFix: free some space there, or point MLP_REPORT_BUILD at a writable folder."
+    )
+    assert list(folder.iterdir()) == []  # no temporary file left
