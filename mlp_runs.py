@@ -24,7 +24,10 @@ foreign entry is named in a warning, moved aside and trained again. Only runs th
 configured (early stopping or the last epoch) are stored: interrupted, stopped and diverged runs
 never are. `RunStore.check_writable()` says before any training whether the store can be written
 (RunStoreError otherwise); a sweep whose runs cannot be stored still returns and uses them, and
-says so once.
+says so once. Two processes on one store never train a run twice: a sweep locks the runs it
+trains (a flock per run, which the kernel releases when its holder dies), and a sweep that finds
+a run locked by another process waits for it, says so once, and uses its entry (or trains it, if
+that process left none).
 
 Ctrl-C (SIGINT, or a Jupyter kernel's interrupt) ends the whole sweep within a second or two: the
 local workers, which ignore SIGINT themselves, are terminated (Dask tasks are cancelled and stop at
@@ -483,6 +486,129 @@ class _Keeper:
             RunStoreWarning,
             stacklevel=4,
         )
+
+
+# ---- which process trains a run: one lock per run in the store -----------------------------------
+
+_HELD: dict[Path, list] = {}  # lock file -> [its open fd, how many sweeps of this process hold it]
+_HELD_GUARD = threading.Lock()
+LOCK_POLL = 0.2  # seconds between looks at the locks of runs another process trains
+
+
+class _RunLocks:
+    """The runs of a store that this process trains, so that two processes on one store (two
+    builds, a build and a notebook) never train a run twice: whoever takes a run's lock trains it,
+    and the other waits for it and then uses its entry.
+
+    A lock is an exclusive flock on the run's lock file, run-<key>.lock beside its entry, held from
+    the start of the sweep until the run is stored (or the sweep ends). The kernel releases a flock
+    when its holder dies however it dies, so a lock left by a dead process is free at once; what
+    the file holds (the holder's process id, for the waiting message) is only ever shown, so
+    garbage in it changes nothing; a run this process already holds (another sweep of it: a
+    thread, a notebook cell) is taken as its own, never waited for. Where no lock can be made (a
+    store that cannot be written, no flock) the run is trained without one, as before."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self.taken: set[Path] = set()
+
+    def path(self, config: mlp.RunConfig) -> Path:
+        return self.store.folder / f"run-{run_key(config)}.lock"
+
+    def take(self, config: mlp.RunConfig) -> bool:
+        """Lock the run of `config` for this process: False while another process holds it."""
+        path = self.path(config)
+        if path in self.taken:
+            return True
+        with _HELD_GUARD:
+            held = _HELD.get(path)
+            if held is None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = _flock(path)
+                except OSError:  # cannot lock here: train it unlocked
+                    return True
+                if fd is None:
+                    return False
+                held = _HELD[path] = [fd, 0]
+            held[1] += 1
+        self.taken.add(path)
+        return True
+
+    def holder(self, config: mlp.RunConfig) -> str:
+        """Who holds the run's lock, as the lock file says: "process 1234", or "another process"."""
+        with contextlib.suppress(OSError, ValueError):
+            with open(self.path(config), "rb") as fh:
+                pid = int(fh.read(32).split()[0])
+            return f"process {pid}"
+        return "another process"
+
+    def release(self, config: mlp.RunConfig) -> None:
+        """Let the run's lock go (once the last sweep of this process holding it lets it go)."""
+        self._release(self.path(config))
+
+    def release_all(self) -> None:
+        for path in list(self.taken):
+            self._release(path)
+
+    def _release(self, path: Path) -> None:
+        if path not in self.taken:
+            return
+        self.taken.discard(path)
+        with _HELD_GUARD:
+            held = _HELD.get(path)
+            if held is None:  # it was never locked (see take)
+                return
+            held[1] -= 1
+            if held[1] > 0:
+                return
+            del _HELD[path]
+            fd = held[0]
+            with contextlib.suppress(OSError):  # unlinked before it is let go: see _flock
+                here, mine = os.stat(path), os.fstat(fd)
+                if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                    os.unlink(path)
+            os.close(fd)
+
+    def wait(self, configs: list[mlp.RunConfig]) -> Iterator[mlp.RunConfig]:
+        """Each of `configs` as soon as this process holds its lock (its holder stored it, failed
+        or died), looking every LOCK_POLL seconds; Ctrl-C stops the wait at once."""
+        waiting = list(configs)
+        while waiting:
+            for config in [c for c in waiting if self.take(c)]:
+                waiting.remove(config)
+                yield config
+            if waiting:
+                time.sleep(LOCK_POLL)
+
+
+def _flock(path: Path) -> int | None:
+    """An open fd holding an exclusive flock on the lock file `path` (created if missing, with
+    this process's id written in it), or None while another process holds it. OSError where no
+    lock can be made. A holder unlinks its file before it lets go, so a lock won on a file that
+    is no longer at `path` is let go and tried again on the new one."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            os.close(fd)
+            raise
+        try:
+            here = os.stat(path)
+        except FileNotFoundError:
+            here = None
+        mine = os.fstat(fd)
+        if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
 
 
 # ---- the progress display of a sweep -------------------------------------------------------------
@@ -1071,9 +1197,11 @@ def run_experiments(
     process) under one progress display, or on a Dask cluster: `client` (a dask.distributed.Client)
     or $MLP_DASK_SCHEDULER (a scheduler address such as tcp://host:8786). `on_done(history,
     trained)` is called for every run as it becomes available. Diverged runs are returned (and
-    warned about) but not stored; runs that cannot be stored are returned, with one warning. On
-    Ctrl-C the training is ended and KeyboardInterrupt is raised; runs finished before it stay
-    stored."""
+    warned about) but not stored; runs that cannot be stored are returned, with one warning. A run
+    that another process is training on the same store (another build, a notebook) is waited for
+    and then used from the store (said once), or trained here if that process left no entry. On
+    Ctrl-C the training (or the wait) is ended and KeyboardInterrupt is raised; runs finished
+    before it stay stored, and no lock is left."""
     configs = list(configs)
     for c in configs:
         if not isinstance(c, mlp.RunConfig):
@@ -1089,20 +1217,48 @@ def run_experiments(
             if on_done:
                 on_done(h, False)
     todo = sorted((c for u, c in unique.items() if u not in results), key=_cost, reverse=True)
-    if todo:
-        keeper = _Keeper(store)
-        keeper.check(todo)
-        with (
-            _dask_client(client, announce=progress) as dask_client,
-            contextlib.closing(_train(todo, n_jobs, dask_client, progress, desc)) as trained,
-        ):
-            for h in trained:  # an error here closes `trained` at once: its workers end with it
-                results[h.config.replace(name="")] = h
-                if h.stop_reason == "diverged":
-                    warnings.warn(h.message, RuntimeWarning, stacklevel=2)
-                keeper.save(h)
+    keeper = _Keeper(store)
+    locks = _RunLocks(store)
+    said_waiting = False
+    try:
+        while todo:
+            ours = [c for c in todo if locks.take(c)]  # the others: another process trains them
+            theirs = [c for c in todo if c not in ours]
+            todo = []
+            if ours:
+                keeper.check(ours)
+                with (
+                    _dask_client(client, announce=progress) as dask_client,
+                    contextlib.closing(
+                        _train(ours, n_jobs, dask_client, progress, desc)
+                    ) as trained,
+                ):
+                    for h in trained:  # an error here closes `trained` at once, and its workers
+                        results[h.config.replace(name="")] = h
+                        if h.stop_reason == "diverged":
+                            warnings.warn(h.message, RuntimeWarning, stacklevel=2)
+                        keeper.save(h)
+                        locks.release(h.config)
+                        if on_done:
+                            on_done(h, True)
+            if theirs and progress and not said_waiting:
+                said_waiting = True
+                print(
+                    f"{desc}: waiting for {len(theirs)} run(s) that {locks.holder(theirs[0])} is "
+                    f"training in the run store {store.folder}, to use them from there.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            for config in locks.wait(theirs):  # its lock is ours now: stored, or left to us
+                if (h := store.load(config)) is None:
+                    todo.append(config)  # its trainer failed or was stopped: train it here
+                    continue
+                locks.release(config)
+                results[config.replace(name="")] = h
                 if on_done:
-                    on_done(h, True)
+                    on_done(h, False)
+    finally:
+        locks.release_all()
     return [dataclasses.replace(results[c.replace(name="")], config=c) for c in configs]
 
 

@@ -206,7 +206,13 @@ def train_and_time(configs: list, all_experiments: list, fresh: bool) -> dict:
     say(f"Plan: {len(unique)} runs; {stored} in the run store ({folder}), {to_train} to train.")
     t0 = time.perf_counter()
     # every run goes through run_experiments: a damaged stored entry is named and retrained
-    histories = mlp_runs.run_experiments(list(unique.values()), store=store, desc="training")
+    trained = []  # whether each run was trained here (not by another build on this store)
+    histories = mlp_runs.run_experiments(
+        list(unique.values()),
+        store=store,
+        desc="training",
+        on_done=lambda history, was_trained: trained.append(was_trained),
+    )
     train_seconds = time.perf_counter() - t0
     timed = sum(len(exps.timed) for exps in all_experiments)
     missing = 0
@@ -222,8 +228,8 @@ def train_and_time(configs: list, all_experiments: list, fresh: bool) -> dict:
             mlp_report.epoch_seconds(exps, fresh=True)
     return {
         "runs": len(unique),
-        "trained": to_train,
-        "reused": stored,
+        "trained": sum(trained),
+        "reused": len(unique) - sum(trained),
         "train_seconds": train_seconds,
         "failed": [h.config.label for h in histories if not h.completed],
     }
