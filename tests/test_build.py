@@ -106,17 +106,30 @@ def test_inline_values_go_into_the_text_and_the_answers_page(env, tmp_path):
 
 
 @needs_pandoc
-def test_a_failing_inline_expression_names_notebook_cell_and_expression(env, tmp_path):
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "A value: {eval}`undefined_name + 1`.",
+            "the inline expression {eval}`undefined_name + 1` failed: NameError: name "
+            "'undefined_name' is not defined",
+        ),
+        (
+            "A value: {eval}`x, never closed.",
+            "'{eval}`x, never closed.' holds an {eval} that is not a role: write "
+            "{eval}`expression`, or {eval}``expression`` when the expression holds a backtick",
+        ),
+    ],
+    ids=["failing", "not a role"],
+)
+def test_an_inline_expression_that_cannot_be_shown_names_its_cell(env, tmp_path, text, message):
     cells = list(TINY)
-    cells[2] = ("markdown", "A value: {eval}`undefined_name + 1`.")
+    cells[2] = ("markdown", text)
     notebook(tmp_path / "nb", "task9_tiny", cells)
     result = build(env, tmp_path / "nb", tmp_path / "out")
     assert result.returncode == 1
     lines = failure(result)
-    assert lines[0] == (
-        "task9_tiny.ipynb, cell 4 (Markdown): the inline expression {eval}`undefined_name + 1` "
-        "failed: NameError: name 'undefined_name' is not defined"
-    )
+    assert lines[0] == f"task9_tiny.ipynb, cell 4 (Markdown): {message}"
     assert len(lines) <= 2 and not (tmp_path / "out" / "report.html").exists()
 
 
@@ -131,22 +144,6 @@ def test_a_double_backtick_role_is_evaluated(env, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     page = (tmp_path / "out" / "report.html").read_text()
     assert "A backtick: `; and 2.5, see" in page and "{eval}" not in page
-
-
-@needs_pandoc
-def test_an_eval_that_is_not_a_role_names_its_cell(env, tmp_path):
-    cells = list(TINY)
-    cells[2] = ("markdown", "A value: {eval}`x, never closed.")
-    notebook(tmp_path / "nb", "task9_tiny", cells)
-    result = build(env, tmp_path / "nb", tmp_path / "out")
-    assert result.returncode == 1
-    lines = failure(result)
-    assert lines[0] == (
-        "task9_tiny.ipynb, cell 4 (Markdown): '{eval}`x, never closed.' holds an {eval} that is "
-        "not a role: write {eval}`expression`, or {eval}``expression`` when the expression holds "
-        "a backtick"
-    )
-    assert len(lines) <= 2 and not (tmp_path / "out" / "report.html").exists()
 
 
 @needs_pandoc

@@ -32,9 +32,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import interrupts
-import nbformat
 import pytest
 from chromium import CHROMIUM, CHROMIUM_ARGS
+from test_build import notebook
 from test_inline import FOUND, roles
 
 pytestmark = pytest.mark.slow
@@ -428,15 +428,8 @@ def test_jupyterlab_myst_evaluates_the_roles_the_build_finds(page, repo):
     """The build finds inline expressions as jupyterlab-myst does: in a notebook with a Markdown
     cell for each case of test_inline.FOUND (backtick runs, code spans, math, escapes, fences),
     Run All has jupyterlab-myst evaluate exactly the expressions execution.roles finds there."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.cells.append(nbformat.v4.new_code_cell("x = 1"))
-    nb.cells += [nbformat.v4.new_markdown_cell(source) for source, _ in FOUND]
-    nbformat.write(nb, repo.path / "notebooks" / "roles_check.ipynb")  # the server's folder
+    cells = [("code", "x = 1"), *(("markdown", source) for source, _ in FOUND)]
+    notebook(repo.path / "notebooks", "roles_check", cells)  # in the server's folder
     page.evaluate(
         "window.jupyterapp.commands.execute('docmanager:open', {path: 'roles_check.ipynb'})"
     )
