@@ -113,9 +113,9 @@ def store(tmp_path) -> mlp_runs.RunStore:
     return mlp_runs.RunStore(tmp_path / "runs")
 
 
-@pytest.fixture
-def stderr(monkeypatch) -> io.StringIO:
-    """What the sweeps of this process print (the waiting line among it)."""
+def printed(monkeypatch) -> io.StringIO:
+    """What the sweeps of this process print from now on (the waiting line among it). Called in
+    the test itself: pytest's capture sets sys.stderr anew when the test body starts."""
     text = io.StringIO()
     monkeypatch.setattr(sys, "stderr", text)
     return text
@@ -154,7 +154,8 @@ def lock_files(store: mlp_runs.RunStore) -> list[str]:
     return sorted(p.name for p in store.folder.glob("*.lock"))
 
 
-def test_a_run_another_process_trains_is_waited_for_and_used(store, stderr, monkeypatch):
+def test_a_run_another_process_trains_is_waited_for_and_used(store, monkeypatch):
+    stderr = printed(monkeypatch)
     config = mlp.RunConfig(**TINY)
     holder = holding(store, config)
     monkeypatch.setattr(mlp_runs, "_train_quietly", lambda *a, **k: pytest.fail("trained twice"))
@@ -183,7 +184,8 @@ def test_a_run_another_process_trains_is_waited_for_and_used(store, stderr, monk
     assert lock_files(store) == []
 
 
-def test_a_run_left_untrained_by_a_failed_process_is_trained_here(store, stderr):
+def test_a_run_left_untrained_by_a_failed_process_is_trained_here(store, monkeypatch):
+    stderr = printed(monkeypatch)
     config = mlp.RunConfig(**TINY, seed=1)
     holder = holding(store, config)
     done = []
@@ -201,7 +203,8 @@ def test_a_run_left_untrained_by_a_failed_process_is_trained_here(store, stderr)
     assert lock_files(store) == []
 
 
-def test_the_lock_of_a_dead_process_is_taken_over_at_once(store, stderr):
+def test_the_lock_of_a_dead_process_is_taken_over_at_once(store, monkeypatch):
+    stderr = printed(monkeypatch)
     config = mlp.RunConfig(**TINY, seed=2)
     holder = holding(store, config)
     holder.proc.kill()  # no clean-up at all: its lock file stays, with its process id
@@ -214,7 +217,8 @@ def test_the_lock_of_a_dead_process_is_taken_over_at_once(store, stderr):
     assert done == [True] and "waiting" not in stderr.getvalue() and lock_files(store) == []
 
 
-def test_a_lock_file_holding_garbage_is_taken_over_at_once(store, stderr):
+def test_a_lock_file_holding_garbage_is_taken_over_at_once(store, monkeypatch):
+    stderr = printed(monkeypatch)
     config = mlp.RunConfig(**TINY, seed=3)
     lock = mlp_runs._RunLocks(store).path(config)
     lock.parent.mkdir(parents=True)
@@ -226,9 +230,10 @@ def test_a_lock_file_holding_garbage_is_taken_over_at_once(store, stderr):
     assert done == [True] and "waiting" not in stderr.getvalue() and lock_files(store) == []
 
 
-def test_a_lock_this_process_holds_is_not_waited_for(store, stderr):
+def test_a_lock_this_process_holds_is_not_waited_for(store, monkeypatch):
     """Another sweep of this process (a thread, a notebook cell) holds the run: this sweep trains
     it too rather than wait for itself; the other sweep's lock stays until it lets go."""
+    stderr = printed(monkeypatch)
     config = mlp.RunConfig(**TINY, seed=4)
     other_sweep = mlp_runs._RunLocks(store)
     assert other_sweep.take(config)
