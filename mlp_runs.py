@@ -513,7 +513,8 @@ class _RunLocks:
         self.taken: set[Path] = set()
 
     def path(self, config: mlp.RunConfig) -> Path:
-        return self.store.folder / f"run-{run_key(config)}.lock"
+        """The run's lock file, its path resolved (one store named two ways is one store)."""
+        return self.store.folder.resolve() / f"run-{run_key(config)}.lock"
 
     def take(self, config: mlp.RunConfig) -> bool:
         """Lock the run of `config` for this process: False while another process holds it."""
@@ -526,7 +527,7 @@ class _RunLocks:
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
                     fd = _flock(path)
-                except OSError:  # cannot lock here: train it unlocked
+                except (OSError, ImportError):  # cannot lock here (or no flock): train unlocked
                     return True
                 if fd is None:
                     return False
