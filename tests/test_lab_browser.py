@@ -430,8 +430,9 @@ def test_jupyterlab_myst_evaluates_the_roles_the_build_finds(page, repo):
     Run All has jupyterlab-myst evaluate exactly the expressions execution.roles finds there."""
     cells = [("code", "x = 1"), *(("markdown", source) for source, _ in FOUND)]
     notebook(repo.path / "notebooks", "roles_check", cells)  # in the server's folder
-    page.evaluate(
-        "window.jupyterapp.commands.execute('docmanager:open', {path: 'roles_check.ipynb'})"
+    page.evaluate(  # the opened widget is not returned: it cannot be serialised
+        "async () => { await window.jupyterapp.commands.execute("
+        "'docmanager:open', {path: 'roles_check.ipynb'}); }"
     )
     page.wait_for_function(_KERNEL_IDLE, arg="roles_check.ipynb", timeout=KERNEL_IDLE)
     page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
