@@ -91,7 +91,8 @@ def n_seeds(default: int = 3) -> int:
     """Seeds per network: $MLP_SEEDS if set (`make report SEEDS=1`), else 1 in smoke mode, else
     `default`."""
     value = os.environ.get("MLP_SEEDS", "").strip()
-    if value and (not value.isdigit() or int(value) < 1):
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses
+    if value and (not (value.isascii() and value.isdigit()) or int(value) < 1):
         raise ValueError(f"MLP_SEEDS must be a positive integer such as 3, got {value!r}")
     if value:
         return int(value)

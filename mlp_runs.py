@@ -25,7 +25,10 @@ foreign entry is named in a warning, moved aside and trained again. Only runs th
 configured (early stopping or the last epoch) are stored: interrupted, stopped and diverged runs
 never are. `RunStore.check_writable()` says before any training whether the store can be written
 (RunStoreError otherwise); a sweep whose runs cannot be stored still returns and uses them, and
-says so once.
+says so once. Two processes on one store never train a run twice: a sweep locks the runs it
+trains (a flock per run, which the kernel releases when its holder dies), and a sweep that finds
+a run locked by another process waits for it, says so once, and uses its entry (or trains it, if
+that process left none).
 
 Ctrl-C (SIGINT, or a Jupyter kernel's interrupt) ends the whole sweep within a second or two: the
 local workers, which ignore SIGINT themselves, are terminated (Dask tasks are cancelled and stop at
@@ -34,6 +37,7 @@ their next step), the runs finished so far stay in the store, and KeyboardInterr
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import errno
@@ -82,13 +86,29 @@ DASK_EXTRA_HINT = "pip install -e '.[dask]'"  # how to get the optional Dask ext
 DASK_PROGRESS_TOPIC = "mlp-runs-progress"  # the Dask event topic the workers report steps on
 
 
-class RunStoreError(RuntimeError):
-    """The run store cannot be written. The message (two lines) names the folder, the reason and
-    the fix, which are also its attributes `folder`, `reason` and `fix`."""
+class FolderNotWritable(RuntimeError):
+    """A folder cannot be written: the run store here, the report's folders in the build. The
+    message (two lines) names the folder, the reason (and the file being written, if given) and
+    the fix, led by freeing space when the disk is full; they are also its attributes."""
+
+    def __init__(self, what: str, folder: Path, reason: str, fix: str, writing: str = ""):
+        if "full" in reason or "quota" in reason:
+            fix = f"free some space there, or {fix}"
+        self.folder, self.reason, self.fix = folder, reason, fix
+        doing = f" ({writing} was being written)" if writing else ""
+        super().__init__(f"{what} {folder} cannot be written: {reason}{doing}.\nFix: {fix}.")
+
+    @classmethod
+    def from_oserror(cls, what: str, folder: Path, exc: OSError, fix: str, writing: str = ""):
+        """The error for `exc`, an OSError met writing into `folder`, its reason in words."""
+        return cls(what, folder, _oserror_reason(exc, folder), fix, writing)
+
+
+class RunStoreError(FolderNotWritable):
+    """The run store cannot be written (see FolderNotWritable)."""
 
     def __init__(self, folder: Path, reason: str, fix: str):
-        self.folder, self.reason, self.fix = folder, reason, fix
-        super().__init__(f"The run store {folder} cannot be written: {reason}.\nFix: {fix}.")
+        super().__init__("The run store", folder, reason, fix)
 
 
 class RunStoreWarning(RuntimeWarning):
@@ -327,8 +347,6 @@ class RunStore:
             if self._from_environment
             else "give RunStore a writable folder"
         )
-        if "full" in reason or "quota" in reason:
-            fix = f"free some space there, or {fix}"
         return RunStoreError(self.folder, reason, fix)
 
     def check_writable(self, configs: Iterable[mlp.RunConfig] = ()) -> None:
@@ -483,6 +501,130 @@ class _Keeper:
             RunStoreWarning,
             stacklevel=4,
         )
+
+
+# ---- which process trains a run: one lock per run in the store -----------------------------------
+
+_HELD: dict[Path, list] = {}  # lock file -> [its open fd, how many sweeps of this process hold it]
+_HELD_GUARD = threading.Lock()
+LOCK_POLL = 0.2  # seconds between looks at the locks of runs another process trains
+
+
+class _RunLocks:
+    """The runs of a store that this process trains, so that two processes on one store (two
+    builds, a build and a notebook) never train a run twice: whoever takes a run's lock trains it,
+    and the other waits for it and then uses its entry.
+
+    A lock is an exclusive flock on the run's lock file, run-<key>.lock beside its entry, held from
+    the start of the sweep until the run is stored (or the sweep ends). The kernel releases a flock
+    when its holder dies however it dies, so a lock left by a dead process is free at once; what
+    the file holds (the holder's process id, for the waiting message) is only ever shown, so
+    garbage in it changes nothing; a run this process already holds (another sweep of it: a
+    thread, a notebook cell) is taken as its own, never waited for. Where no lock can be made (a
+    store that cannot be written, no flock) the run is trained without one, as before."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self.taken: set[Path] = set()
+
+    def path(self, config: mlp.RunConfig) -> Path:
+        """The run's lock file, its path resolved (one store named two ways is one store)."""
+        return self.store.folder.resolve() / f"run-{run_key(config)}.lock"
+
+    def take(self, config: mlp.RunConfig) -> bool:
+        """Lock the run of `config` for this process: False while another process holds it."""
+        path = self.path(config)
+        if path in self.taken:
+            return True
+        with _HELD_GUARD:
+            held = _HELD.get(path)
+            if held is None:
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = _flock(path)
+                except (OSError, ImportError):  # cannot lock here (or no flock): train unlocked
+                    return True
+                if fd is None:
+                    return False
+                held = _HELD[path] = [fd, 0]
+            held[1] += 1
+        self.taken.add(path)
+        return True
+
+    def holder(self, config: mlp.RunConfig) -> str:
+        """Who holds the run's lock, as the lock file says: "process 1234", or "another process"."""
+        with contextlib.suppress(OSError, ValueError):
+            with open(self.path(config), "rb") as fh:
+                pid = int(fh.read(32).split()[0])
+            return f"process {pid}"
+        return "another process"
+
+    def release(self, config: mlp.RunConfig) -> None:
+        """Let the run's lock go (once the last sweep of this process holding it lets it go)."""
+        self._release(self.path(config))
+
+    def release_all(self) -> None:
+        for path in list(self.taken):
+            self._release(path)
+
+    def _release(self, path: Path) -> None:
+        if path not in self.taken:
+            return
+        self.taken.discard(path)
+        with _HELD_GUARD:
+            held = _HELD.get(path)
+            if held is None:  # it was never locked (see take)
+                return
+            held[1] -= 1
+            if held[1] > 0:
+                return
+            del _HELD[path]
+            fd = held[0]
+            with contextlib.suppress(OSError):  # unlinked before it is let go: see _flock
+                here, mine = os.stat(path), os.fstat(fd)
+                if (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+                    os.unlink(path)
+            os.close(fd)
+
+    def wait(self, configs: list[mlp.RunConfig]) -> Iterator[mlp.RunConfig]:
+        """Each of `configs` as soon as this process holds its lock (its holder stored it, failed
+        or died), looking every LOCK_POLL seconds; Ctrl-C stops the wait at once."""
+        waiting = list(configs)
+        while waiting:
+            for config in [c for c in waiting if self.take(c)]:
+                waiting.remove(config)
+                yield config
+            if waiting:
+                time.sleep(LOCK_POLL)
+
+
+def _flock(path: Path) -> int | None:
+    """An open fd holding an exclusive flock on the lock file `path` (created if missing, with
+    this process's id written in it), or None while another process holds it. OSError where no
+    lock can be made. A holder unlinks its file before it lets go, so a lock won on a file that
+    is no longer at `path` is let go and tried again on the new one."""
+    import fcntl
+
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:
+            os.close(fd)
+            raise
+        try:
+            here = os.stat(path)
+        except FileNotFoundError:
+            here = None
+        mine = os.fstat(fd)
+        if here is not None and (here.st_dev, here.st_ino) == (mine.st_dev, mine.st_ino):
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return fd
+        os.close(fd)
 
 
 # ---- the progress display of a sweep -------------------------------------------------------------
@@ -948,10 +1090,93 @@ def _train_on_dask(client, todo: list[mlp.RunConfig], progress: SweepProgress):
             client.unsubscribe_topic(DASK_PROGRESS_TOPIC)
 
 
+DASK_TIMEOUT = 10.0  # seconds to wait for the scheduler of $MLP_DASK_SCHEDULER, by default
+
+
+def dask_timeout() -> float:
+    """Seconds to wait for the Dask scheduler: $MLP_DASK_TIMEOUT, else DASK_TIMEOUT; ValueError
+    naming the setting when it is not a number of seconds > 0."""
+    value = os.environ.get("MLP_DASK_TIMEOUT", "").strip()
+    if not value:
+        return DASK_TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise ValueError(
+            f"MLP_DASK_TIMEOUT must be a number of seconds > 0 such as {DASK_TIMEOUT:g}, "
+            f"got {value!r}"
+        )
+    return seconds
+
+
+def dask_scheduler() -> str:
+    """$MLP_DASK_SCHEDULER checked as a Dask scheduler address (scheme://host:port, tcp:// by
+    default) without connecting, or "" when unset; ValueError naming the setting and the form to
+    use otherwise. (A dask Client made with a malformed address is left half-made for its
+    finaliser, which waits a minute.)"""
+    address = os.environ.get("MLP_DASK_SCHEDULER", "").strip()
+    if not address:
+        return ""
+    _import_distributed()
+    from distributed.comm.addressing import parse_address
+    from distributed.comm.registry import backends
+
+    try:
+        scheme, location = parse_address(address, strict=False)
+        if scheme not in backends:
+            raise ValueError(f"unknown scheme {scheme}://")
+        if scheme in ("tcp", "tls", "ws", "wss"):
+            _host, colon, port = location.rpartition(":")
+            if not colon:
+                raise ValueError("it names no host:port")
+            if not (port.isascii() and port.isdigit() and 0 < int(port) < 2**16):
+                raise ValueError(f"the port {port!r} is not a number from 1 to 65535")
+    except ValueError as exc:
+        raise ValueError(
+            f"MLP_DASK_SCHEDULER={address!r} is not a Dask scheduler address ({exc}): write it as "
+            "tcp://host:8786, or unset MLP_DASK_SCHEDULER to train on this machine"
+        ) from None
+    return address
+
+
+def _shake_hands(address: str, seconds: float) -> None:
+    """Connect to the scheduler at `address` within `seconds` and take its handshake; OSError
+    otherwise. (distributed.Client waits for the handshake without a time limit, so a program
+    that takes the connection but never answers would hold it forever; here the handshake gets
+    a second more than the connection, which dask's own error names.) In a thread of its own,
+    with its own event loop: the caller may be a Jupyter kernel, whose loop runs."""
+    from distributed.comm import connect
+
+    async def handshake() -> None:
+        try:
+            comm = await asyncio.wait_for(connect(address, timeout=seconds), seconds + 1)
+        except TimeoutError:
+            raise TimeoutError(f"nothing answered there as a Dask scheduler within {seconds:g} s")
+        comm.abort()
+
+    failures = []
+
+    def run() -> None:
+        try:
+            asyncio.run(handshake())
+        except BaseException as exc:  # handed to the calling thread
+            failures.append(exc)
+
+    # a daemon: it ends within `seconds`, and never holds up an interrupted program
+    thread = threading.Thread(target=run, name="dask-handshake", daemon=True)
+    thread.start()
+    thread.join()
+    if failures:
+        raise failures[0]
+
+
 @contextlib.contextmanager
-def _dask_client(client):
+def _dask_client(client, announce: bool = True):
     """The Dask client to train on: `client`, else one connected to $MLP_DASK_SCHEDULER for the
-    sweep (closed afterwards), else None (train on this machine)."""
+    sweep (closed afterwards), else None (train on this machine). Connecting says where it
+    connects (unless not `announce`) and gives up after dask_timeout() seconds."""
     if client is not None:
         distributed = _import_distributed()
         if not isinstance(client, distributed.Client) or client.asynchronous:
@@ -960,19 +1185,27 @@ def _dask_client(client):
             )
         yield client
         return
-    address = os.environ.get("MLP_DASK_SCHEDULER", "").strip()
+    address = dask_scheduler()
     if not address:
         yield None
         return
     distributed = _import_distributed()
+    seconds = dask_timeout()
+    if announce:
+        print(
+            f"Connecting to the Dask scheduler at {address} (MLP_DASK_SCHEDULER; giving up after "
+            f"{seconds:g} s, MLP_DASK_TIMEOUT)...",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
-        # waits distributed.comm.timeouts.connect (dask's setting, 30 s by default)
-        own = distributed.Client(address, set_as_default=False)
-    except (OSError, TimeoutError, ValueError) as exc:
+        _shake_hands(address, seconds)
+        own = distributed.Client(address, timeout=seconds, set_as_default=False)
+    except OSError as exc:  # refused, unreachable, unknown host, or no answer in time
         raise RuntimeError(
-            f"MLP_DASK_SCHEDULER={address}: no Dask scheduler could be reached ({exc}). Start one "
-            "there (`dask scheduler`, or a dask-jobqueue cluster), or unset MLP_DASK_SCHEDULER "
-            "to train on this machine."
+            f"MLP_DASK_SCHEDULER={address}: no Dask scheduler could be reached ({exc}). Start "
+            "one there (`dask scheduler`, or a dask-jobqueue cluster), set MLP_DASK_TIMEOUT to "
+            "wait longer, or unset MLP_DASK_SCHEDULER to train on this machine."
         ) from exc
     try:
         yield own
@@ -1002,9 +1235,11 @@ def run_experiments(
     process) under one progress display, or on a Dask cluster: `client` (a dask.distributed.Client)
     or $MLP_DASK_SCHEDULER (a scheduler address such as tcp://host:8786). `on_done(history,
     trained)` is called for every run as it becomes available. Diverged runs are returned (and
-    warned about) but not stored; runs that cannot be stored are returned, with one warning. On
-    Ctrl-C the training is ended and KeyboardInterrupt is raised; runs finished before it stay
-    stored."""
+    warned about) but not stored; runs that cannot be stored are returned, with one warning. A run
+    that another process is training on the same store (another build, a notebook) is waited for
+    and then used from the store (said once), or trained here if that process left no entry. On
+    Ctrl-C the training (or the wait) is ended and KeyboardInterrupt is raised; runs finished
+    before it stay stored, and no lock is left."""
     configs = list(configs)
     for c in configs:
         if not isinstance(c, mlp.RunConfig):
@@ -1020,20 +1255,48 @@ def run_experiments(
             if on_done:
                 on_done(h, False)
     todo = sorted((c for u, c in unique.items() if u not in results), key=_cost, reverse=True)
-    if todo:
-        keeper = _Keeper(store)
-        keeper.check(todo)
-        with (
-            _dask_client(client) as dask_client,
-            contextlib.closing(_train(todo, n_jobs, dask_client, progress, desc)) as trained,
-        ):
-            for h in trained:  # an error here closes `trained` at once: its workers end with it
-                results[h.config.replace(name="")] = h
-                if h.stop_reason == "diverged":
-                    warnings.warn(h.message, RuntimeWarning, stacklevel=2)
-                keeper.save(h)
+    keeper = _Keeper(store)
+    locks = _RunLocks(store)
+    said_waiting = False
+    try:
+        while todo:
+            ours = [c for c in todo if locks.take(c)]  # the others: another process trains them
+            theirs = [c for c in todo if c not in ours]
+            todo = []
+            if ours:
+                keeper.check(ours)
+                with (
+                    _dask_client(client, announce=progress) as dask_client,
+                    contextlib.closing(
+                        _train(ours, n_jobs, dask_client, progress, desc)
+                    ) as trained,
+                ):
+                    for h in trained:  # an error here closes `trained` at once, and its workers
+                        results[h.config.replace(name="")] = h
+                        if h.stop_reason == "diverged":
+                            warnings.warn(h.message, RuntimeWarning, stacklevel=2)
+                        keeper.save(h)
+                        locks.release(h.config)
+                        if on_done:
+                            on_done(h, True)
+            if theirs and progress and not said_waiting:
+                said_waiting = True
+                print(
+                    f"{desc}: waiting for {len(theirs)} run(s) that {locks.holder(theirs[0])} is "
+                    f"training in the run store {store.folder}, to use them from there.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            for config in locks.wait(theirs):  # its lock is ours now: stored, or left to us
+                if (h := store.load(config)) is None:
+                    todo.append(config)  # its trainer failed or was stopped: train it here
+                    continue
+                locks.release(config)
+                results[config.replace(name="")] = h
                 if on_done:
-                    on_done(h, True)
+                    on_done(h, False)
+    finally:
+        locks.release_all()
     return [dataclasses.replace(results[c.replace(name="")], config=c) for c in configs]
 
 

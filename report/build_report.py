@@ -87,6 +87,10 @@ def _environment() -> None:
 
 def settings() -> dict:
     """The build's settings from the environment, each checked (ValueError names the bad one)."""
+    import mlp_runs
+
+    mlp_runs.dask_scheduler()  # MLP_DASK_SCHEDULER and MLP_DASK_TIMEOUT: checked, not used here
+    mlp_runs.dask_timeout()
     import mlp_report
 
     return {
@@ -97,15 +101,42 @@ def settings() -> dict:
     }
 
 
-def writable(folder: Path, what: str, fix: str) -> None:
-    """Create `folder` if needed and write a file in it, or say why not and what to do."""
+# the folders the build writes: how a message names each, and what to do when it cannot be written
+REPORT_FOLDER = ("The report folder", "use --out to write the report elsewhere")
+BUILD_FOLDER = ("The build folder", "point MLP_REPORT_BUILD at a writable folder")
+
+
+def writable(folder: Path, kind: tuple[str, str]) -> None:
+    """Create `folder` (of REPORT_FOLDER or BUILD_FOLDER `kind`) if needed and write a file in it,
+    or say why not and what to do (mlp_runs.FolderNotWritable)."""
+    import mlp_runs
+
+    what, fix = kind
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".mlp-write-test-"):
             pass
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise BuildError(f"{what} {folder} cannot be written ({reason}). {fix}") from None
+        raise mlp_runs.FolderNotWritable.from_oserror(what, folder, exc, fix) from None
+
+
+@contextlib.contextmanager
+def writes_named(out: Path, build: Path):
+    """An OSError writing a file into the build folder `build` or the report folder `out` (a full
+    disk, say) becomes a FolderNotWritable naming the folder, the file, the reason and the fix."""
+    import mlp_runs
+
+    try:
+        yield
+    except OSError as exc:
+        target = Path(exc.filename) if isinstance(exc.filename, str) else None
+        for folder, (what, fix) in ((build, BUILD_FOLDER), (out, REPORT_FOLDER)):  # build first:
+            if target is not None and target.is_relative_to(folder):  # it may lie inside out
+                writing = str(target.relative_to(folder))
+                raise mlp_runs.FolderNotWritable.from_oserror(
+                    what, folder, exc, fix, writing
+                ) from None
+        raise
 
 
 def build_folder(smoke: bool, seeds: int) -> Path:
@@ -175,7 +206,13 @@ def train_and_time(configs: list, all_experiments: list, fresh: bool) -> dict:
     say(f"Plan: {len(unique)} runs; {stored} in the run store ({folder}), {to_train} to train.")
     t0 = time.perf_counter()
     # every run goes through run_experiments: a damaged stored entry is named and retrained
-    histories = mlp_runs.run_experiments(list(unique.values()), store=store, desc="training")
+    trained = []  # whether each run was trained here (not by another build on this store)
+    histories = mlp_runs.run_experiments(
+        list(unique.values()),
+        store=store,
+        desc="training",
+        on_done=lambda history, was_trained: trained.append(was_trained),
+    )
     train_seconds = time.perf_counter() - t0
     timed = sum(len(exps.timed) for exps in all_experiments)
     missing = 0
@@ -191,8 +228,8 @@ def train_and_time(configs: list, all_experiments: list, fresh: bool) -> dict:
             mlp_report.epoch_seconds(exps, fresh=True)
     return {
         "runs": len(unique),
-        "trained": to_train,
-        "reused": stored,
+        "trained": sum(trained),
+        "reused": len(unique) - sum(trained),
         "train_seconds": train_seconds,
         "failed": [h.config.label for h in histories if not h.completed],
     }
@@ -242,7 +279,7 @@ def execute_notebooks(paths: list[Path], build: Path, jobs: int) -> tuple[dict, 
     )
     seconds = {}
     if todo:
-        writable(cache, "The build folder", "Point MLP_REPORT_BUILD at a writable folder.")
+        writable(cache, BUILD_FOLDER)
 
         def write(target: Path, nb) -> None:
             write_atomic(target, nbformat.writes(nb))
@@ -317,11 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     executed = build / "executed"
     stale = [p for p in paths if not (executed / f"{p.stem}-{source_key(p)[:20]}.ipynb").exists()]
     if stale or not (out / "report.html").exists():  # this build will write: can it? say now
-        writable(build, "The build folder", "Point MLP_REPORT_BUILD at a writable folder.")
-        writable(out, "The report folder", "Use --out to write the report elsewhere.")
+        writable(build, BUILD_FOLDER)
+        writable(out, REPORT_FOLDER)
     configs, all_experiments = plan(paths, config["fresh"])
     counts = train_and_time(configs, all_experiments, config["fresh"])
-    notebooks, seconds = execute_notebooks(paths, build, args.jobs)
+    with writes_named(out, build):
+        notebooks, seconds = execute_notebooks(paths, build, args.jobs)
     unsupported, untestable = claims_of(notebooks)
     if config["strict"] and unsupported:
         raise BuildError("claims not supported by these runs:\n  " + "\n  ".join(unsupported))
@@ -340,14 +378,17 @@ def main(argv: list[str] | None = None) -> int:
     unchanged = current and all((out / name).exists() for name in wanted)
     t0 = time.perf_counter()
     if not unchanged:
-        writable(out, "The report folder", "Use --out to write the report elsewhere.")
-        writable(build, "The build folder", "Point MLP_REPORT_BUILD at a writable folder.")
-        write_atomic(build / "report.ipynb", json.dumps(merged, indent=1))
-        if "pandoc" in lacking:
-            raise BuildError("pandoc is needed for the report: install it (`make system-deps`).")
-        export(merged, out, build, pdf=not lacking)
-        write_atomic(key_file, key)
-        write_atomic(build / "claims.txt", "".join(f"{c}\n" for c in unsupported))
+        writable(out, REPORT_FOLDER)
+        writable(build, BUILD_FOLDER)
+        with writes_named(out, build):
+            write_atomic(build / "report.ipynb", json.dumps(merged, indent=1))
+            if "pandoc" in lacking:
+                raise BuildError(
+                    "pandoc is needed for the report: install it (`make system-deps`)."
+                )
+            export(merged, out, build, pdf=not lacking)
+            write_atomic(key_file, key)
+            write_atomic(build / "claims.txt", "".join(f"{c}\n" for c in unsupported))
     exported = time.perf_counter() - t0
     say()
     notebook_times = ", ".join(
@@ -411,6 +452,7 @@ def run(argv: list[str] | None = None) -> int:
             "NotebookFailed",
             "MNISTDataError",
             "RunStoreError",
+            "FolderNotWritable",
             "ValueError",
         )
         message = str(exc) if known else f"{type(exc).__name__}: {exc}"

@@ -3,11 +3,12 @@
 * Each notebook runs in a kernel of its own (up to `jobs` at a time) over IPC sockets in a short
   private runtime folder (a Unix socket path is limited to 107 bytes, so never under the project,
   whose path may be long), removed when the build ends; no TCP ports, no files left behind.
-* Markdown cells may hold MyST inline expressions, {eval}`expr`. As jupyterlab-myst does in
+* Markdown cells may hold MyST inline expressions, {eval}`expr` (or {eval}``expr`` when expr
+  holds a backtick), found as jupyterlab-myst finds them (roles). As jupyterlab-myst does in
   JupyterLab, each is evaluated in the kernel (an execute request's `user_expressions`) once the
   code cells above it have run, and the results are stored in the cell's `user_expressions`
-  metadata; the export puts them into the text. An expression that fails fails the build, naming
-  the notebook, the cell and the expression.
+  metadata; the export puts them into the text. An expression that fails, an {eval} that is
+  not a role and a role other than {eval} fail the build, naming the notebook and the cell.
 * Progress: which notebooks run, their cell n / total and the elapsed time; redrawn on a
   terminal, a few plain lines a minute otherwise.
 * Ctrl-C ends the kernels at once (a busy kernel would not answer a shutdown request) and the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import dataclasses
 import os
 import re
 import shutil
@@ -28,16 +30,118 @@ import threading
 import time
 from pathlib import Path
 
-INLINE = re.compile(r"\{eval\}`([^`]+)`")
+# jupyterlab-myst's pattern of a role (markdown-it-myst, as installed): {name}, then a body between
+# two runs of the same number of backticks, so that ``{eval}``"`"`` holds the expression "`"
+ROLE = re.compile(r"\{\s*([^}]+?)\s*\}(`+)(?!`)(.+?)(?<!`)\2(?!`)", re.S)
+EVAL_MARK = re.compile(r"\{\s*eval[\s}]")  # what starts an {eval} role, well formed or not
+FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")  # a line opening or closing a fenced block
+BACKTICKS = re.compile(r"`+")
 
 
 class NotebookFailed(RuntimeError):
     """A notebook could not be executed; the message names the notebook, the cell and the error."""
 
 
-def inline_expressions(source: str) -> list[str]:
-    """The inline expressions {eval}`...` of a Markdown cell, each once, in order."""
-    return list(dict.fromkeys(match.group(1) for match in INLINE.finditer(source)))
+@dataclasses.dataclass(frozen=True)
+class Role:
+    """A MyST role in a Markdown text: text[start:end] is {name}`body` as written (options after
+    the name, any number of backticks)."""
+
+    start: int
+    end: int
+    name: str
+    body: str
+
+
+def roles(source: str) -> list[Role]:
+    """The MyST roles of a Markdown text where jupyterlab-myst finds them: in its paragraphs, not
+    in fenced code, code spans or $math$, not after a backslash, each body exactly as written.
+    ValueError naming the first {eval} that is not a role (JupyterLab shows it as typed) and the
+    first role other than {eval} (the report would print it as typed)."""
+    found = []
+    for offset, paragraph in _paragraphs(source):
+        for role in _roles_in(paragraph):
+            found.append(
+                dataclasses.replace(role, start=offset + role.start, end=offset + role.end)
+            )
+    for role in found:
+        if role.name != "eval":
+            raise ValueError(
+                f"{source[role.start : role.end]!r} is a {{{role.name}}} role, which the report "
+                "would print as typed: only {eval} roles are rendered"
+            )
+    return found
+
+
+def _paragraphs(source: str) -> list[tuple[int, str]]:
+    """(offset, text) of each paragraph of `source`: the runs of lines between blank lines and
+    fence lines, with fenced code left out (a directive's fence, ```{note}, holds Markdown)."""
+    paragraphs, lines = [], []
+    code = None  # the fence of the code block we are in
+    directives = []  # the fences of the directives we are in, innermost last
+    offset = 0
+    for line in source.splitlines(keepends=True):
+        fence = FENCE.fullmatch(line.rstrip("\r\n"))
+        if code is not None or fence or not line.strip():
+            if lines:
+                paragraphs.append((offset - sum(map(len, lines)), "".join(lines)))
+                lines = []
+            bare = fence is not None and not fence.group(2).strip()
+            if code is not None:
+                code = None if bare and fence.group(1).startswith(code) else code
+            elif fence and fence.group(2).lstrip().startswith("{"):
+                directives.append(fence.group(1))
+            elif bare and directives and fence.group(1).startswith(directives[-1]):
+                directives.pop()
+            elif fence:
+                code = fence.group(1)
+        else:
+            lines.append(line)
+        offset += len(line)
+    if lines:
+        paragraphs.append((offset - sum(map(len, lines)), "".join(lines)))
+    return paragraphs
+
+
+def _roles_in(text: str) -> list[Role]:
+    """The roles of one paragraph, read left to right as markdown-it reads it: at each position
+    math ($...$ or $$...$$) first, then a backslash escape, a role, a code span."""
+    found = []
+    pos = 0
+    while pos < len(text):
+        char = text[pos]
+        if char == "\\":
+            pos += 2
+        elif char == "$":
+            mark = "$$" if text.startswith("$$", pos) else "$"
+            close = _unescaped(text, mark, pos + len(mark))
+            pos = pos + len(mark) if close < 0 else close + len(mark)  # a lone $ is text
+        elif char == "{" and text[pos - 1 : pos] == "\\":  # after an escaped backslash, as there
+            pos += 1
+        elif char == "{" and (role := ROLE.match(text, pos)):
+            found.append(Role(pos, role.end(), role.group(1).split()[0], role.group(3)))
+            pos = role.end()
+        elif char == "{" and EVAL_MARK.match(text, pos):
+            line = text[pos:].split("\n", 1)[0]
+            raise ValueError(
+                f"{line!r} holds an {{eval}} that is not a role: write {{eval}}`expression`, or "
+                "{eval}``expression`` when the expression holds a backtick"
+            )
+        elif char == "`":
+            run = BACKTICKS.match(text, pos).group()
+            close = re.compile(f"(?<!`){run}(?!`)").search(text, pos + len(run))
+            pos = close.end() if close else pos + len(run)  # a code span, or literal backticks
+        else:
+            pos += 1
+    return found
+
+
+def _unescaped(text: str, mark: str, start: int) -> int:
+    """Where `mark` next occurs in `text` from `start` with no backslash escaping it, or -1."""
+    found = text.find(mark, start)
+    while found >= 0 and (found - len(text[:found].rstrip("\\"))) % 2:
+        found = text.find(mark, found + 1)
+    return found
 
 
 def _clock(seconds: float) -> str:
@@ -132,10 +236,18 @@ def _report_client_class():
 
         async def _evaluate_inline(self, cell, cell_index: int) -> None:
             cell.metadata.pop("user_expressions", None)
-            expressions = inline_expressions(cell.source)
-            if not expressions:
+            try:
+                found = roles(cell.source)
+            except ValueError as exc:
+                raise NotebookFailed(
+                    f"{self.name}.ipynb, cell {cell_index + 1} (Markdown): {exc}"
+                ) from None
+            written = {}  # each expression once, in order: the role as written
+            for role in found:
+                written.setdefault(role.body, cell.source[role.start : role.end])
+            if not written:
                 return
-            request = {str(i): expression for i, expression in enumerate(expressions)}
+            request = {str(i): expression for i, expression in enumerate(written)}
             msg_id = await ensure_async(
                 self.kc.execute("", silent=True, store_history=False, user_expressions=request)
             )
@@ -148,13 +260,13 @@ def _report_client_class():
                     error = f"{result.get('ename')}: {result.get('evalue')}".rstrip(": ")
                     raise NotebookFailed(
                         f"{self.name}.ipynb, cell {cell_index + 1} (Markdown): the inline "
-                        f"expression {{eval}}`{expression}` failed: {error}"
+                        f"expression {written[expression]} failed: {error}"
                     )
                 shown = result.get("data", {}).get("text/plain", "")
                 if re.match(r"^np\.\w+\(", shown):
                     raise NotebookFailed(
                         f"{self.name}.ipynb, cell {cell_index + 1} (Markdown): "
-                        f"{{eval}}`{expression}` is a numpy number and would read {shown}: "
+                        f"{written[expression]} is a numpy number and would read {shown}: "
                         f"format it with num(), pct(), steps() or sci() of mlp_report"
                     )
                 stored.append({"expression": expression, "result": result})

@@ -1,7 +1,8 @@
 """Turning the executed task notebooks into one report: report.pdf and report.html.
 
 * The values of the inline expressions {eval}`...` (evaluated while the notebooks ran, kept in
-  each Markdown cell's `user_expressions`) are put into the text.
+  each Markdown cell's `user_expressions`) are put into the text, in place of each role as
+  execution.roles finds it (as jupyterlab-myst does).
 * The notebooks are merged under a title block and a first page with the answer of every task
   (the Markdown cells tagged `answer`, each linked to its section), and end with a provenance
   block: commit, data, software, machine, seeds, date.
@@ -15,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import hashlib
@@ -25,7 +27,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from execution import NotebookFailed
+from execution import NotebookFailed, roles
 
 from mlp_report import powers_as_math
 
@@ -39,7 +41,6 @@ WIDGET_MIME = (
     "application/vnd.jupyter.widget-state+json",
 )
 PROGRESS_TEXT = ("HBox(", "VBox(", "IntProgress(", "FloatProgress(", "Output(")
-INLINE = re.compile(r"\{eval\}`([^`]+)`")
 HEADING = re.compile(r"^(#{1,3}) (Task (\d[a-e]?))\b(.*)$", re.M)
 ANSWER = re.compile(r"^\s*\*\*Task (\d[a-e])\.?\*\*\.?\s*")
 CAPTION = re.compile(r"^\s*\*\*(Figure|Table) (\d+\.\d+):\*\*")
@@ -64,22 +65,25 @@ def _value_markdown(text: str) -> str:
 def substitute_inline(nb, name: str) -> None:
     """Put the stored value of every inline expression into the text of its Markdown cell."""
     for index, cell in enumerate(nb.cells):
-        if cell.cell_type != "markdown" or not INLINE.search(cell.source):
+        if cell.cell_type != "markdown":
             continue
+        try:
+            found = roles(cell.source)
+        except ValueError as exc:
+            raise ReportError(f"{name}.ipynb, cell {index + 1}: {exc}") from None
         values = {}
         for entry in cell.metadata.get("user_expressions", []):
             data = entry.get("result", {}).get("data", {})
             values[entry.get("expression")] = data.get("text/plain", "")
-
-        def value(m: re.Match) -> str:
-            if m.group(1) not in values:
+        for role in reversed(found):  # from the end: the offsets before it stay valid
+            if role.body not in values:
                 raise ReportError(
-                    f"{name}.ipynb, cell {index + 1}: no value for {{eval}}`{m.group(1)}` "
-                    f"(was the notebook executed by the report build?)"
+                    f"{name}.ipynb, cell {index + 1}: no value for "
+                    f"{cell.source[role.start : role.end]} (was the notebook executed by the "
+                    "report build?)"
                 )
-            return _value_markdown(values[m.group(1)])
-
-        cell.source = INLINE.sub(value, cell.source)
+            value = _value_markdown(values[role.body])
+            cell.source = cell.source[: role.start] + value + cell.source[role.end :]
         cell.metadata.pop("user_expressions", None)
 
 
@@ -317,23 +321,32 @@ def _sources(places) -> list[str]:
     return [cell.source if out is None else out["data"]["text/markdown"] for cell, out in places]
 
 
-def _latex_failure(exc, latex: str) -> ReportError:
-    """One line from xelatex's log: the error, and the notebook cell its line comes from."""
+def _latex_failure(exc, latex: str, tex_file: Path) -> ReportError:
+    """One line from xelatex's log: the error (TeX starts it with "! ", at the start of a line or
+    right after a file it opened), the notebook cell its line of `latex` comes from, and that line
+    of `tex_file` (a copy of `latex`)."""
     log = getattr(exc, "output", "") or str(exc)
     if isinstance(log, bytes):
         log = log.decode(errors="replace")
-    error = next((line[2:].strip() for line in log.splitlines() if line.startswith("! ")), "")
-    found = re.search(r"^l\.(\d+)", log, flags=re.M)
-    place = "an unknown place"
-    if found:
-        lines = latex.splitlines()[: int(found.group(1))]
-        marks = [line for line in lines if line.startswith("% mlp-source: ")]
-        place = (
-            marks[-1][len("% mlp-source: ") :].strip()
-            if marks
-            else f"line {found.group(1)} of report.tex"
-        )
-    return ReportError(f"LaTeX failed on {place}: {error or 'see report/build/report.tex'}")
+    found = re.search(r"(?:^|(?<=\)))! (.+)", log, flags=re.M)
+    error = found.group(1).strip().rstrip(".") if found else "xelatex stopped, naming no error"
+    line = re.search(r"^l\.(\d+)", log, flags=re.M)
+    number = int(line.group(1)) if line else None
+    lines = latex.splitlines()
+    where = str(tex_file)
+    overflow = re.search(r"bufsize=(\d+)", error)
+    if number is None and overflow:  # TeX names no line for one longer than its buffer
+        too_long = [n for n, text in enumerate(lines, 1) if len(text.encode()) >= int(overflow[1])]
+        if too_long:
+            number = too_long[0]
+            where = f"line {number} of {tex_file}, {len(lines[number - 1].encode()):,} bytes long"
+    elif number is not None:
+        where = f"line {number} of {tex_file}"
+    marks = [text for text in lines[:number] if text.startswith("% mlp-source: ")] if number else []
+    if marks:
+        cell = marks[-1][len("% mlp-source: ") :].strip()
+        return ReportError(f"LaTeX failed on {cell}: {error} ({where})")
+    return ReportError(f"LaTeX failed on {where}: {error}")
 
 
 def _keep_with_table(nb, index: int) -> None:
@@ -399,7 +412,7 @@ def export_pdf(nb, target: Path, tex_copy: Path) -> None:
     try:
         pdf, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": "report"}})
     except LatexFailed as exc:
-        raise _latex_failure(exc, latex) from None
+        raise _latex_failure(exc, latex, tex_copy) from None
     target.write_bytes(pdf)
 
 
@@ -484,17 +497,32 @@ def export_html(nb, target: Path) -> None:
     target.write_text(describe_figures(page, captions))
 
 
-def write_atomic(target: Path, data: str | bytes) -> None:
-    """Write a file so that a reader sees the old or the new content, never half of it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+@contextlib.contextmanager
+def _writing(target: Path):
+    """An OSError while `target` is written names `target` as its file, unless it names one in
+    another folder: a failed write of an open file names none, and a temporary file beside
+    `target` is not what a reader should look for."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except OSError as exc:
+        if isinstance(exc.filename, str) and Path(exc.filename).parent != target.parent:
+            raise
+        raise OSError(exc.errno, exc.strerror, str(target)) from exc
+
+
+def write_atomic(target: Path, data: str | bytes) -> None:
+    """Write a file so that a reader sees the old or the new content, never half of it; an
+    OSError names `target`."""
+    with _writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data.encode() if isinstance(data, str) else data)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def export(nb, out: Path, build: Path, pdf: bool) -> list[Path]:
@@ -507,13 +535,15 @@ def export(nb, out: Path, build: Path, pdf: bool) -> list[Path]:
     temporary = {}
     try:
         for name, write in targets.items():
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
-            os.close(fd)
-            temporary[name] = Path(tmp)
-            write(nb, temporary[name])
-            os.chmod(temporary[name], 0o644)
+            with _writing(out / name):
+                fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
+                os.close(fd)
+                temporary[name] = Path(tmp)
+                write(nb, temporary[name])
+                os.chmod(temporary[name], 0o644)
         for name, tmp in temporary.items():  # both exist now: the renames take microseconds
-            os.replace(tmp, out / name)
+            with _writing(out / name):
+                os.replace(tmp, out / name)
     finally:
         for tmp in temporary.values():
             tmp.unlink(missing_ok=True)

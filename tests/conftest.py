@@ -1,6 +1,7 @@
 """Shared test setup: caches in a temporary folder (never $HOME), the MNIST files, small data."""
 
 import os
+import socket
 import tempfile
 from pathlib import Path
 
@@ -44,3 +45,23 @@ def mnist(mnist_path) -> mlp.MNIST:
 def small_data(mnist_path) -> mlp.Dataset:
     """A small protocol dataset for quick training tests."""
     return mlp.prepare_data(n_train=640, dtype="float32", n_val=500)
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 where nothing listens: bound (not listening) by this test while it
+    lasts, so that no other program on this shared machine can take it meanwhile; a connection
+    to it is refused at once."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield held.getsockname()[1]
+
+
+@pytest.fixture
+def silent_port() -> int:
+    """A TCP port on 127.0.0.1 that takes connections (the kernel completes them) and never
+    answers: a program that is not what the client expects, or one that hangs."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        yield listener.getsockname()[1]

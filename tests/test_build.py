@@ -3,7 +3,10 @@ inline expressions, the answers page, checked references, the PDF and HTML repla
 nothing written when nothing changed, short private runtime files, builds with different
 settings side by side, and errors of one or two lines."""
 
+import errno
+import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,11 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import interrupts
 import nbformat
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "report" / "build_report.py"
+sys.path.insert(0, str(BUILD.parent))  # build_report and export, for the tests that call them
 needs_latex = pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in ("xelatex", "pandoc")),
     reason="xelatex or pandoc not found: install them with `sudo make system-deps`",
@@ -101,18 +106,44 @@ def test_inline_values_go_into_the_text_and_the_answers_page(env, tmp_path):
 
 
 @needs_pandoc
-def test_a_failing_inline_expression_names_notebook_cell_and_expression(env, tmp_path):
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "A value: {eval}`undefined_name + 1`.",
+            "the inline expression {eval}`undefined_name + 1` failed: NameError: name "
+            "'undefined_name' is not defined",
+        ),
+        (
+            "A value: {eval}`x, never closed.",
+            "'{eval}`x, never closed.' holds an {eval} that is not a role: write "
+            "{eval}`expression`, or {eval}``expression`` when the expression holds a backtick",
+        ),
+    ],
+    ids=["failing", "not a role"],
+)
+def test_an_inline_expression_that_cannot_be_shown_names_its_cell(env, tmp_path, text, message):
     cells = list(TINY)
-    cells[2] = ("markdown", "A value: {eval}`undefined_name + 1`.")
+    cells[2] = ("markdown", text)
     notebook(tmp_path / "nb", "task9_tiny", cells)
     result = build(env, tmp_path / "nb", tmp_path / "out")
     assert result.returncode == 1
     lines = failure(result)
-    assert lines[0] == (
-        "task9_tiny.ipynb, cell 4 (Markdown): the inline expression {eval}`undefined_name + 1` "
-        "failed: NameError: name 'undefined_name' is not defined"
-    )
+    assert lines[0] == f"task9_tiny.ipynb, cell 4 (Markdown): {message}"
     assert len(lines) <= 2 and not (tmp_path / "out" / "report.html").exists()
+
+
+@needs_pandoc
+def test_a_double_backtick_role_is_evaluated(env, tmp_path):
+    """``{eval}``"`"`` (two backticks around an expression that holds one, the Markdown way and
+    jupyterlab-myst's) is evaluated like any other role, not printed as typed."""
+    cells = list(TINY)
+    cells[2] = ("markdown", 'A backtick: {eval}``"`"``; and {eval}`x`, see Table 9.1.')
+    notebook(tmp_path / "nb", "task9_tiny", cells)
+    result = build(env, tmp_path / "nb", tmp_path / "out")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "A backtick: `; and 2.5, see" in page and "{eval}" not in page
 
 
 @needs_pandoc
@@ -151,10 +182,37 @@ def test_a_latex_error_names_its_cell_and_leaves_both_old_files(env, tmp_path):
     result = build(env, tmp_path / "nb", out)
     assert result.returncode == 1
     lines = failure(result)
-    assert lines[0].startswith("LaTeX failed on task9_tiny.ipynb, cell 5: Undefined control")
-    assert len(lines) <= 2
+    tex = Path(env["MLP_REPORT_BUILD"]) / "smoke-1-seeds" / "report.tex"  # where it really is
+    assert re.fullmatch(
+        rf"LaTeX failed on task9_tiny\.ipynb, cell 5: Undefined control sequence \(line (\d+) "
+        rf"of {re.escape(str(tex))}\)",
+        lines[0],
+    )
+    assert len(lines) <= 2 and tex.is_file()
     assert {name: (out / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in out.iterdir()) == [".report.key", "report.html", "report.pdf"]
+
+
+@needs_latex
+def test_a_line_too_long_for_latex_names_its_cell_and_the_tex_file(env, tmp_path):
+    """A 1 MB value makes a line longer than TeX's buffer: xelatex's error does not start a line
+    of its log and names no line; the message still quotes it and names the cell and the line."""
+    cells = list(TINY)
+    cells[1] = ("code", "x = 2.5\nbig = 1.45e-8\nhuge = 'a' * 1_000_000")
+    cells[2] = ("markdown", "Huge: {eval}`huge`, see Table 9.1.")
+    notebook(tmp_path / "nb", "task9_tiny", cells)
+    result = build(env, tmp_path / "nb", tmp_path / "out")
+    assert result.returncode == 1
+    lines = failure(result)
+    tex = Path(env["MLP_REPORT_BUILD"]) / "smoke-1-seeds" / "report.tex"
+    found = re.fullmatch(
+        r"LaTeX failed on task9_tiny\.ipynb, cell 4: Unable to read an entire line---bufsize=\d+ "
+        rf"\(line (\d+) of {re.escape(str(tex))}, ([\d,]+) bytes long\)",
+        lines[0],
+    )
+    assert found and len(lines) <= 2, lines
+    line = tex.read_text().splitlines()[int(found[1]) - 1]
+    assert len(line.encode()) == int(found[2].replace(",", "")) > 1_000_000
 
 
 @needs_pandoc
@@ -225,6 +283,8 @@ def test_builds_with_different_settings_side_by_side(env, tmp_path):
         (dict(MLP_FRESH="perhaps"), "MLP_FRESH='perhaps' is not understood"),
         (dict(MLP_SMOKE="maybe"), "MLP_SMOKE='maybe' is not understood"),
         (dict(MLP_SEEDS="0"), "MLP_SEEDS must be a positive integer such as 3, got '0'"),
+        (dict(MLP_SEEDS="²"), "MLP_SEEDS must be a positive integer such as 3, got '²'"),
+        (dict(MLP_DASK_TIMEOUT="soon"), "MLP_DASK_TIMEOUT must be a number of seconds > 0"),
     ],
 )
 def test_bad_settings_are_one_line(env, tmp_path, setting, message):
@@ -235,27 +295,43 @@ def test_bad_settings_are_one_line(env, tmp_path, setting, message):
     assert lines[0].startswith(message) and len(lines) <= 2
 
 
-def test_missing_mnist_files_are_one_line(env, tmp_path):
+def test_a_malformed_dask_scheduler_ends_the_build_at_once(env, tmp_path):
+    """MLP_DASK_SCHEDULER=garbage is checked with the other settings, before the data is read or
+    any run is planned: one line, and no dask Client is left for its finaliser (which waited 60 s
+    and then printed a `Client.__del__ ... TimeoutError` traceback)."""
+    notebook(tmp_path / "nb", "task9_tiny")
+    t0 = time.monotonic()
+    result = build(env, tmp_path / "nb", tmp_path / "out", MLP_DASK_SCHEDULER="garbage")
+    seconds = time.monotonic() - t0
+    print(f"MLP_DASK_SCHEDULER=garbage: the build ended after {seconds:.1f} s")
+    assert result.returncode == 1 and "Plan:" not in result.stdout
+    lines = failure(result)
+    assert lines[0] == (
+        "MLP_DASK_SCHEDULER='garbage' is not a Dask scheduler address (it names no host:port): "
+        "write it as tcp://host:8786, or unset MLP_DASK_SCHEDULER to train on this machine"
+    )
+    assert len(lines) <= 2 and "__del__" not in result.stderr
+    assert seconds < 50, "as long as the finaliser's wait"  # generous: a busy machine
+
+
+def test_missing_mnist_files_are_one_line(env, tmp_path, closed_port):
     notebook(tmp_path / "nb", "task9_tiny")
     empty = tmp_path / "no-data"
     empty.mkdir()
+    mirror = f"http://127.0.0.1:{closed_port}/"
     result = build(
-        env,
-        tmp_path / "nb",
-        tmp_path / "out",
-        MNIST_DIR=str(empty),
-        MNIST_MIRROR="http://127.0.0.1:9/",
+        env, tmp_path / "nb", tmp_path / "out", MNIST_DIR=str(empty), MNIST_MIRROR=mirror
     )
     assert result.returncode == 1
     lines = failure(result)
-    assert lines[0].startswith("train-images-idx3-ubyte.gz: download from http://127.0.0.1:9/")
+    assert lines[0].startswith(f"train-images-idx3-ubyte.gz: download from {mirror}")
     assert "copy the four MNIST .gz files into" in lines[0] and len(lines) <= 2
 
 
-def test_make_data_without_data_or_network_is_one_line(tmp_path):
+def test_make_data_without_data_or_network_is_one_line(tmp_path, closed_port):
     result = subprocess.run(
         [sys.executable, str(REPO / "mnist_files.py"), str(tmp_path / "empty")],
-        env=dict(os.environ, MNIST_MIRROR="http://127.0.0.1:9/"),
+        env=dict(os.environ, MNIST_MIRROR=f"http://127.0.0.1:{closed_port}/"),
         capture_output=True,
         text=True,
         timeout=120,
@@ -291,6 +367,10 @@ def test_the_makefile_passes_yes_no_values_to_the_one_parser():
 
 
 def test_ctrl_c_in_the_first_second_is_one_line(env, tmp_path):
+    """Ctrl-C (SIGINT to the build's process group, as a terminal sends it) while the build
+    starts: exit code 130 and one line. The build gets SIGINT's default disposition whatever the
+    suite inherited (under nohup or `make test &` it would inherit it ignored, and rightly keep
+    it), and the signal is sent once its handler is in place."""
     notebook(tmp_path / "nb", "task9_tiny")
     command = [sys.executable, str(BUILD), "--notebooks", str(tmp_path / "nb")]
     proc = subprocess.Popen(
@@ -301,7 +381,9 @@ def test_ctrl_c_in_the_first_second_is_one_line(env, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=interrupts.default_dispositions,
     )
+    interrupts.wait_until_caught(proc.pid, signal.SIGINT)
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -314,6 +396,130 @@ def test_an_unwritable_build_folder_is_named_before_any_training(env, tmp_path):
     blocker.write_text("not a folder")
     result = build(env, tmp_path / "nb", tmp_path / "out", MLP_REPORT_BUILD=str(blocker))
     assert result.returncode == 1 and "Plan:" not in result.stdout
-    (line, *_) = failure(result)
-    assert line.startswith(f"The build folder {blocker}/smoke-1-seeds cannot be written")
-    assert line.endswith("Point MLP_REPORT_BUILD at a writable folder.")
+    assert failure(result)[:2] == [
+        f"The build folder {blocker}/smoke-1-seeds cannot be written: {blocker} is a file, not a "
+        "folder.",
+        "Fix: point MLP_REPORT_BUILD at a writable folder.",
+    ]
+
+
+# ---- a full disk -----------------------------------------------------------------------------
+
+MOUNT = ["unshare", "--mount", "--propagation", "private"]  # a mount that only the child sees
+
+
+def _why_no_tmpfs(folder: Path) -> str:
+    """'' when a tmpfs can be mounted on `folder` in a private mount namespace, else why not."""
+    if shutil.which("unshare") is None:
+        return "unshare (util-linux) is not installed"
+    probe = subprocess.run(
+        [*MOUNT, "mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        return f"a tmpfs cannot be mounted ({probe.stderr.strip() or probe.returncode})"
+    return ""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@needs_pandoc
+def test_a_full_file_system_under_out_keeps_the_report_and_says_what_to_do(env, tmp_path):
+    """--out on a real full file system: a 4 MB tmpfs mounted in a private mount namespace (as
+    root; nothing outside the test sees it), the previous report copied in and the rest filled.
+    The build names the folder, the file it was writing, the reason and the fix, in the run
+    store's words; the previous report is left as it was, and no temporary file."""
+    out = tmp_path / "out"
+    out.mkdir()
+    why_not = _why_no_tmpfs(out)
+    if why_not:
+        pytest.skip(f"needs a real full file system: {why_not}")
+    old = tmp_path / "old"
+    notebook(tmp_path / "nb", "task9_tiny")
+    assert build(env, tmp_path / "nb", old).returncode == 0
+    cells = list(TINY)
+    cells[2] = ("markdown", "Changed: {eval}`x`, see Table 9.1.")
+    notebook(tmp_path / "nb", "task9_tiny", cells)  # so that the report is written again
+    script = (
+        'mount -t tmpfs -o size=4m tmpfs "$OUT" && cp -a "$OLD"/. "$OUT"/ || exit 99\n'
+        'head -c 8M /dev/zero > "$OUT/filler" 2>/dev/null\n'
+        '"$@"; code=$?\n'
+        'echo "== in --out:"; ls -A "$OUT"; sha256sum "$OUT/report.html" "$OUT/report.pdf"\n'
+        "exit $code\n"
+    )
+    command = [sys.executable, str(BUILD), "--notebooks", str(tmp_path / "nb"), "--out", str(out)]
+    result = subprocess.run(
+        [*MOUNT, "sh", "-c", script, "sh", *command],
+        cwd=REPO,
+        env=dict(env, OUT=str(out), OLD=str(old)),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    said, listing = result.stdout.split("== in --out:\n")
+    lines = failure(subprocess.CompletedProcess(result.args, 1, said, result.stderr))
+    assert lines[:2] == [
+        f"The report folder {out} cannot be written: the disk is full (report.html was being "
+        "written).",
+        "Fix: free some space there, or use --out to write the report elsewhere.",
+    ]
+    *names, html, pdf = listing.splitlines()
+    assert sorted(names) == [".report.key", "filler", "report.html", "report.pdf"]
+    assert html.split()[0] == _sha256(old / "report.html")  # the previous report, untouched
+    assert pdf.split()[0] == _sha256(old / "report.pdf")
+
+
+def test_a_simulated_full_disk_under_out_names_folder_file_and_fix(tmp_path, monkeypatch):
+    """The same without a real full disk: the HTML export meets ENOSPC half-way."""
+    import build_report
+    import export
+
+    import mlp_runs
+
+    out, folder = tmp_path / "out", tmp_path / "build" / "smoke-1-seeds"
+    out.mkdir()
+    (out / "report.html").write_text("the previous report")
+
+    def half_written(nb, target):
+        target.write_text("half of a new rep")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export, "export_html", half_written)
+    with pytest.raises(mlp_runs.FolderNotWritable) as failed:
+        with build_report.writes_named(out, folder):
+            export.export(None, out, folder, pdf=False)
+    assert str(failed.value) == (
+        f"The report folder {out} cannot be written: the disk is full (report.html was being "
+        "written).\nFix: free some space there, or use --out to write the report elsewhere."
+    )
+    assert [p.name for p in out.iterdir()] == ["report.html"]
+    assert (out / "report.html").read_text() == "the previous report"
+
+
+def test_a_simulated_full_disk_in_the_build_folder_names_it(tmp_path, monkeypatch):
+    """A full disk while the build folder is written (inside --out, as report/build is by
+    default): the build folder is named, with its own fix."""
+    import build_report
+    import export
+
+    import mlp_runs
+
+    out = tmp_path / "report"
+    folder = out / "build" / "smoke-1-seeds"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(export.os, "fdopen", full)
+    with pytest.raises(mlp_runs.FolderNotWritable) as failed:
+        with build_report.writes_named(out, folder):
+            export.write_atomic(folder / "report.ipynb", "{}")
+    assert str(failed.value) == (
+        f"The build folder {folder} cannot be written: the disk is full (report.ipynb was being "
+        "written).\nFix: free some space there, or point MLP_REPORT_BUILD at a writable folder."
+    )
+    assert list(folder.iterdir()) == []  # no temporary file left

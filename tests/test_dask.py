@@ -1,10 +1,12 @@
 """Sweeps on a Dask cluster (`pytest -k dask`): a LocalCluster of two worker processes trains a
 small sweep bit for bit like the local pool, stores it on the client's side, is found through
-MLP_DASK_SCHEDULER, and is left with no busy worker by Ctrl-C or an error; a missing extra or an
-unreachable scheduler is one clear error."""
+MLP_DASK_SCHEDULER, and is left with no busy worker by Ctrl-C or an error; a missing extra, a
+malformed address, a bad MLP_DASK_TIMEOUT, an unreachable scheduler or one that never answers is
+one clear error (the last two after MLP_DASK_TIMEOUT seconds)."""
 
 import logging
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -16,6 +18,7 @@ from pathlib import Path
 _DASK_HOME = Path(tempfile.mkdtemp(prefix="mlp-test-dask-"))
 os.environ.setdefault("DASK_CONFIG", str(_DASK_HOME / "config"))
 
+import interrupts  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -122,12 +125,14 @@ def _interrupt_when_both_train(client, fired: list) -> None:
 
 
 def test_ctrl_c_cancels_every_dask_task(client, tmp_path):
+    """A real SIGINT to this process while both workers train. SIGINT raises KeyboardInterrupt
+    here whatever the suite inherited (under nohup or `make test &` it arrives ignored)."""
     configs = [mlp.RunConfig(**LONG, seed=s) for s in range(3)]  # two train, one waits
     fired = []
     interrupter = threading.Thread(target=_interrupt_when_both_train, args=(client, fired))
     interrupter.start()
     try:
-        with pytest.raises(KeyboardInterrupt):
+        with interrupts.sigint_raises(), pytest.raises(KeyboardInterrupt):
             mlp_runs.run_experiments(
                 configs, store=mlp_runs.RunStore(tmp_path), client=client, progress=False
             )
@@ -152,34 +157,115 @@ def test_an_error_on_a_worker_cancels_the_rest(client, tmp_path):
     assert _idle(client), "a Dask worker was still busy after the error"
 
 
-def test_a_missing_dask_extra_is_named(tmp_path, monkeypatch):
+def test_a_missing_dask_extra_is_named(tmp_path, monkeypatch, closed_port):
     monkeypatch.setitem(sys.modules, "distributed", None)  # `import distributed` fails
-    monkeypatch.setenv("MLP_DASK_SCHEDULER", "tcp://127.0.0.1:8786")
+    monkeypatch.setenv("MLP_DASK_SCHEDULER", f"tcp://127.0.0.1:{closed_port}")
     with pytest.raises(ImportError, match=r"dask\[distributed\]: pip install -e '\.\[dask\]'"):
         mlp_runs.run_experiments(
             [mlp.RunConfig(**TINY)], store=mlp_runs.RunStore(tmp_path), progress=False
         )
 
 
-def test_an_unreachable_dask_scheduler_is_named(tmp_path, monkeypatch):
-    pytest.importorskip("distributed", reason=f"needs the Dask extra: {mlp_runs.DASK_EXTRA_HINT}")
-    import dask
-
-    monkeypatch.setenv("MLP_DASK_SCHEDULER", "tcp://127.0.0.1:9")  # the discard port: no scheduler
-    with (
-        dask.config.set({"distributed.comm.timeouts.connect": "2s"}),
-        pytest.raises(RuntimeError, match=r"MLP_DASK_SCHEDULER=tcp://127\.0\.0\.1:9: no Dask"),
-    ):
+@pytest.mark.parametrize(
+    "address, problem",
+    [
+        ("garbage", "it names no host:port"),
+        ("tcp://127.0.0.1:99999", "the port '99999' is not a number from 1 to 65535"),
+        ("tcp://host:8786/", "the port '8786/' is not a number from 1 to 65535"),
+        ("http://host:8786", "unknown scheme http://"),
+    ],
+)
+def test_a_malformed_scheduler_address_makes_no_client(tmp_path, monkeypatch, address, problem):
+    """A bad MLP_DASK_SCHEDULER is refused before a dask Client is made: a Client that fails on
+    its address is left half-made for its finaliser, which waited 60 s and then printed a
+    TimeoutError traceback."""
+    distributed = pytest.importorskip("distributed", reason=mlp_runs.DASK_EXTRA_HINT)
+    monkeypatch.setattr(distributed, "Client", lambda *a, **k: pytest.fail("a Client was made"))
+    monkeypatch.setenv("MLP_DASK_SCHEDULER", address)
+    message = f"MLP_DASK_SCHEDULER={address!r} is not a Dask scheduler address ({problem}): "
+    with pytest.raises(ValueError, match=re.escape(message + "write it as tcp://host:8786")):
         mlp_runs.run_experiments(
             [mlp.RunConfig(**TINY)], store=mlp_runs.RunStore(tmp_path), progress=False
         )
 
 
-def test_nothing_to_train_needs_no_cluster(tmp_path, monkeypatch):
+def test_an_unreachable_dask_scheduler_is_announced_and_named(
+    tmp_path, monkeypatch, capsys, closed_port
+):
+    """Nothing listens at the address: the sweep says at once where it connects and how long it
+    waits, and gives up after MLP_DASK_TIMEOUT seconds with a line naming the address."""
+    pytest.importorskip("distributed", reason=f"needs the Dask extra: {mlp_runs.DASK_EXTRA_HINT}")
+    address = f"tcp://127.0.0.1:{closed_port}"
+    monkeypatch.setenv("MLP_DASK_SCHEDULER", address)
+    monkeypatch.setenv("MLP_DASK_TIMEOUT", "2")
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError) as failed:
+        mlp_runs.run_experiments([mlp.RunConfig(**TINY)], store=mlp_runs.RunStore(tmp_path))
+    seconds = time.monotonic() - t0
+    assert capsys.readouterr().err.startswith(
+        f"Connecting to the Dask scheduler at {address} (MLP_DASK_SCHEDULER; giving up after 2 s, "
+        "MLP_DASK_TIMEOUT)...\n"
+    )
+    assert str(failed.value).startswith(
+        f"MLP_DASK_SCHEDULER={address}: no Dask scheduler could be reached (Timed out trying to "
+        f"connect to {address} after 2 s). Start one there"
+    )
+    assert "set MLP_DASK_TIMEOUT to wait longer" in str(failed.value)
+    assert seconds < 60, "far longer than the 2 s asked for"  # generous: a busy machine
+    with capsys.disabled():
+        print(f"\nunreachable scheduler, MLP_DASK_TIMEOUT=2: gave up after {seconds:.1f} s")
+
+
+def test_a_listener_that_never_answers_is_given_up_on(tmp_path, monkeypatch, silent_port):
+    """Something takes the connection but never answers (not a scheduler, or a hung one): dask's
+    Client would wait for its handshake forever; the sweep gives up after MLP_DASK_TIMEOUT."""
+    pytest.importorskip("distributed", reason=f"needs the Dask extra: {mlp_runs.DASK_EXTRA_HINT}")
+    address = f"tcp://127.0.0.1:{silent_port}"
+    monkeypatch.setenv("MLP_DASK_SCHEDULER", address)
+    monkeypatch.setenv("MLP_DASK_TIMEOUT", "2")
+    outcome = []
+
+    def sweep() -> None:
+        try:
+            mlp_runs.run_experiments(
+                [mlp.RunConfig(**TINY)], store=mlp_runs.RunStore(tmp_path), progress=False
+            )
+        except Exception as exc:
+            outcome.append(exc)
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=sweep, daemon=True)
+    thread.start()
+    thread.join(120)  # generous; without a limit of its own the sweep would never end
+    assert not thread.is_alive(), "the sweep still waits for the scheduler's handshake"
+    print(f"silent listener, MLP_DASK_TIMEOUT=2: gave up after {time.monotonic() - t0:.1f} s")
+    (error,) = outcome
+    assert isinstance(error, RuntimeError) and str(error).startswith(
+        f"MLP_DASK_SCHEDULER={address}: no Dask scheduler could be reached (nothing answered "
+        "there as a Dask scheduler within 2 s)."
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan", "1e400"])
+def test_a_bad_dask_timeout_is_named(monkeypatch, value):
+    monkeypatch.setenv("MLP_DASK_TIMEOUT", value)
+    message = f"MLP_DASK_TIMEOUT must be a number of seconds > 0 such as 10, got '{value}'"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        mlp_runs.dask_timeout()
+
+
+def test_the_dask_timeout_is_ten_seconds_unless_set(monkeypatch):
+    monkeypatch.delenv("MLP_DASK_TIMEOUT", raising=False)
+    assert mlp_runs.dask_timeout() == 10
+    monkeypatch.setenv("MLP_DASK_TIMEOUT", " 2.5 ")
+    assert mlp_runs.dask_timeout() == 2.5
+
+
+def test_nothing_to_train_needs_no_cluster(tmp_path, monkeypatch, closed_port):
     store = mlp_runs.RunStore(tmp_path)
     (trained,) = mlp_runs.run_experiments(
         [mlp.RunConfig(**TINY)], store=store, n_jobs=1, progress=False
     )
-    monkeypatch.setenv("MLP_DASK_SCHEDULER", "tcp://127.0.0.1:9")
+    monkeypatch.setenv("MLP_DASK_SCHEDULER", f"tcp://127.0.0.1:{closed_port}")
     (again,) = mlp_runs.run_experiments([mlp.RunConfig(**TINY)], store=store, progress=False)
     assert np.array_equal(again.weights[0], trained.weights[0])

@@ -5,7 +5,6 @@ import gzip
 import http.server
 import os
 import shutil
-import socket
 import threading
 import time
 from functools import partial
@@ -321,13 +320,10 @@ def test_download_missing_on_server(http_root, tmp_path):
     assert list((tmp_path / "downloaded").iterdir()) == []
 
 
-def test_download_server_unreachable(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again before the download: nothing listens there
+def test_download_server_unreachable(tmp_path, closed_port):
     with pytest.raises(mlp.MNISTDataError, match="download from .* failed.*copy the four MNIST"):
         mf.download_mnist(
-            tmp_path / "d", base_url=f"http://127.0.0.1:{port}/", progress=False, timeout=5
+            tmp_path / "d", base_url=f"http://127.0.0.1:{closed_port}/", progress=False, timeout=5
         )
 
 
@@ -394,7 +390,8 @@ def test_a_slow_drip_mirror_runs_into_the_deadline(drip_server, tmp_path):
         mf.download_mnist(
             tmp_path / "d", base_url=drip_server, progress=False, timeout=5, deadline=2
         )
-    assert time.monotonic() - t0 < 4
+    # generous for a busy machine, and still half of the minute the drip would go on without it
+    assert time.monotonic() - t0 < 30
     assert not any(p.name.endswith(".part") for p in (tmp_path / "d").iterdir())
 
 

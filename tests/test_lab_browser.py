@@ -18,6 +18,7 @@ Needs Debian's chromium (/usr/bin/chromium, or $CHROMIUM) and the playwright Pyt
 downloads a browser. Skipped without them (`sudo make system-deps` installs chromium).
 """
 
+import json
 import os
 import re
 import secrets
@@ -30,8 +31,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import interrupts
 import pytest
 from chromium import CHROMIUM, CHROMIUM_ARGS
+from test_build import notebook
+from test_inline import FOUND, roles
 
 pytestmark = pytest.mark.slow
 
@@ -115,14 +119,11 @@ def lab(repo, lab_env, work):
     """JupyterLab as `make lab` starts it, on the repository copy's notebooks: its URL, with the
     app exposed as window.jupyterapp so that the test can wait for kernels and models."""
     assert "--config=$(LAB_CONFIG)" in (REPO / "Makefile").read_text(), "make lab changed"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     token = secrets.token_hex(16)
     argv = [
         VENV_BIN / "jupyter-lab",
         f"--config={LAB_CONFIG}",
-        f"--port={port}",
+        "--port=0",  # a free port, which the server picks and names in its server file
         f"--IdentityProvider.token={token}",
         f"--ServerApp.root_dir={repo.path / 'notebooks'}",
         "--LabApp.expose_app_in_browser=True",
@@ -136,7 +137,10 @@ def lab(repo, lab_env, work):
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
+        preexec_fn=interrupts.default_dispositions,  # its SIGTERM below, whatever we inherited
     )
+    interrupts.assert_default(proc.pid, signal.SIGTERM)
+    server_file = Path(lab_env["JUPYTER_RUNTIME_DIR"]) / f"jpserver-{proc.pid}.json"
     started = time.monotonic()
     try:
         while True:
@@ -144,9 +148,10 @@ def lab(repo, lab_env, work):
                 log.seek(0)
                 pytest.fail(f"jupyter lab did not start (exit code {proc.poll()}):\n{log.read()}")
             try:
+                port = json.loads(server_file.read_text())["port"]
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
-            except OSError:
+            except (OSError, ValueError, KeyError):  # not written yet, or not listening yet
                 time.sleep(0.3)
         print(f"\nserver accepts connections after {time.monotonic() - started:.1f} s")
         yield f"http://127.0.0.1:{port}/lab?token={token}", Path(log.name)
@@ -256,6 +261,14 @@ _RUN_ALL_STATE = """() => {
             .map(e => `${e.expression}: ${e.result.evalue}`),
     };
 }"""
+# Each Markdown cell of the current notebook: its source and the expressions jupyterlab-myst
+# evaluated in it (its user_expressions metadata)
+_EXPRESSIONS = """() => Array.from(window.jupyterapp.shell.currentWidget.model.cells)
+    .filter(c => c.type === 'markdown')
+    .map(c => ({
+        source: c.sharedModel.getSource(),
+        expressions: (c.getMetadata('user_expressions') || []).map(e => e.expression),
+    }))"""
 EXPRESSIONS_AFTER_CODE = 60  # seconds for the last expressions once every code cell ran
 
 
@@ -409,3 +422,28 @@ def test_run_all_shows_inline_values_and_saves_the_notebook_as_committed(page, r
     log = server_log.read_text(errors="replace")
     assert "Saving file at /task2_two_layer_network.ipynb" in log
     assert "Pre-save hook failed" not in log and "is not trusted" not in log, log[-3000:]
+
+
+def test_jupyterlab_myst_evaluates_the_roles_the_build_finds(page, repo):
+    """The build finds inline expressions as jupyterlab-myst does: in a notebook with a Markdown
+    cell for each case of test_inline.FOUND (backtick runs, code spans, math, escapes, fences),
+    Run All has jupyterlab-myst evaluate exactly the expressions execution.roles finds there."""
+    cells = [("code", "x = 1"), *(("markdown", source) for source, _ in FOUND)]
+    notebook(repo.path / "notebooks", "roles_check", cells)  # in the server's folder
+    page.evaluate(  # the opened widget is not returned: it cannot be serialised
+        "async () => { await window.jupyterapp.commands.execute("
+        "'docmanager:open', {path: 'roles_check.ipynb'}); }"
+    )
+    page.wait_for_function(_KERNEL_IDLE, arg="roles_check.ipynb", timeout=KERNEL_IDLE)
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    with_roles = sum(bool(expected) for _, expected in FOUND)
+    page.wait_for_function(
+        f"({_EXPRESSIONS})().filter(c => c.expressions.length).length === {with_roles}",
+        timeout=RUN_ALL,
+        polling=500,
+    )
+    page.wait_for_timeout(2000)  # any late evaluation of a cell that should have none
+    in_lab = {cell["source"]: cell["expressions"] for cell in page.evaluate(_EXPRESSIONS)}
+    assert list(in_lab) == [source for source, _ in FOUND]  # every cell, as written
+    assert in_lab == {source: expected for source, expected in FOUND}
+    assert in_lab == {source: [role.body for role in roles(source)] for source in in_lab}

@@ -15,6 +15,7 @@ import time
 import tokenize
 from pathlib import Path
 
+import interrupts
 import nbformat
 import pytest
 from chromium import CHROMIUM, CHROMIUM_ARGS
@@ -369,8 +370,9 @@ def test_ctrl_c_stops_a_build_within_seconds(tmp_path, smoke_env, phase, second)
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=interrupts.default_dispositions,  # whatever the suite inherited
     )
+    interrupts.wait_until_caught(proc.pid, signal.SIGINT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if phase == "training" and len(_descendants(proc.pid)) >= 2:

@@ -83,8 +83,10 @@ def test_experiments_normalise_and_check_their_seeds(monkeypatch):
         rep.experiments({"a": mlp.RunConfig()}, timed=["b"])
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "three"])
+@pytest.mark.parametrize("value", ["0", "-1", "three", "²", "٣", "1.5"])
 def test_bad_seed_counts_are_named(monkeypatch, value):
+    """Anything but ASCII digits is refused naming MLP_SEEDS: "²" passes str.isdigit() but not
+    int(), and "٣" (an Arabic-Indic three) passes int()."""
     monkeypatch.setenv("MLP_SEEDS", value)
     with pytest.raises(
         ValueError, match=f"MLP_SEEDS must be a positive integer such as 3, got '{value}'"

@@ -20,6 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
+import interrupts
 import numpy as np
 import pytest
 
@@ -263,8 +264,9 @@ def test_sigint_ends_a_parallel_sweep_within_seconds(tmp_path, mnist_path):
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=interrupts.default_dispositions,  # whatever the suite inherited
     )
+    interrupts.wait_until_caught(proc.pid, signal.SIGINT)
     deadline = time.monotonic() + 60
     while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:  # the workers have started
         time.sleep(0.2)
@@ -272,8 +274,10 @@ def test_sigint_ends_a_parallel_sweep_within_seconds(tmp_path, mnist_path):
     workers = [p for p in _children(proc.pid)]
     t0 = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    out, _ = proc.communicate(timeout=10)
-    assert time.monotonic() - t0 < 3, "the sweep took longer than 3 s to stop"
+    out, _ = proc.communicate(timeout=60)
+    took = time.monotonic() - t0
+    # a second or two on an idle machine; generous for a busy one (unstopped it trains for minutes)
+    assert took < 20, f"the sweep took {took:.1f} s to stop"
     assert (
         proc.returncode == 130
         and "interrupted" in out
