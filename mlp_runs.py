@@ -466,7 +466,7 @@ class RunStore:
         return self.path(config).is_file()
 
 
-class _Keeper:
+class _SweepSaver:
     """Stores a sweep's runs; when the store cannot be written, says so once and keeps going. A
     store found unwritable before training is still tried (a run's entry may fit where the
     estimate did not); the first entry that cannot be written ends the saving for this sweep."""
@@ -1255,7 +1255,7 @@ def run_experiments(
             if on_done:
                 on_done(h, False)
     todo = sorted((c for u, c in unique.items() if u not in results), key=_cost, reverse=True)
-    keeper = _Keeper(store)
+    saver = _SweepSaver(store)
     locks = _RunLocks(store)
     said_waiting = False
     try:
@@ -1264,7 +1264,7 @@ def run_experiments(
             theirs = [c for c in todo if c not in ours]
             todo = []
             if ours:
-                keeper.check(ours)
+                saver.check(ours)
                 with (
                     _dask_client(client, announce=progress) as dask_client,
                     contextlib.closing(
@@ -1275,7 +1275,7 @@ def run_experiments(
                         results[h.config.replace(name="")] = h
                         if h.stop_reason == "diverged":
                             warnings.warn(h.message, RuntimeWarning, stacklevel=2)
-                        keeper.save(h)
+                        saver.save(h)
                         locks.release(h.config)
                         if on_done:
                             on_done(h, True)

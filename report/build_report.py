@@ -249,9 +249,12 @@ def project_modules(text: str, found: set[str] | None = None) -> set[str]:
 
 
 def source_key(path: Path) -> str:
-    """What an executed notebook depends on: its source and the project modules it imports
-    (whose code covers the run store's keys). The settings choose the build folder."""
+    """What an executed notebook depends on: its source, the project modules it imports (whose
+    code covers the run store's keys) and the kept timings of its timed networks, which a later
+    build may measure anew. The settings choose the build folder."""
     import nbformat
+
+    import mlp_report
 
     digest = hashlib.sha256(path.read_bytes())
     cells = nbformat.read(path, as_version=4).cells
@@ -260,6 +263,10 @@ def source_key(path: Path) -> str:
         digest.update((REPO / f"{module}.py").read_bytes())
     for helper in ("execution.py",):
         digest.update((REPORT / helper).read_bytes())
+    exps = notebook_experiments(path)
+    if exps is not None and exps.timed:
+        kept = mlp_report.epoch_seconds(exps, measure=False)
+        digest.update(json.dumps(kept, sort_keys=True).encode())
     return digest.hexdigest()
 
 

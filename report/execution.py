@@ -267,7 +267,7 @@ def _report_client_class():
                     raise NotebookFailed(
                         f"{self.name}.ipynb, cell {cell_index + 1} (Markdown): "
                         f"{written[expression]} is a numpy number and would read {shown}: "
-                        f"format it with num(), pct(), steps() or sci() of mlp_report"
+                        f"format it with num(), pct(), count() or sci() of mlp_report"
                     )
                 stored.append({"expression": expression, "result": result})
             cell.metadata["user_expressions"] = stored

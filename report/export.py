@@ -33,6 +33,12 @@ from mlp_report import powers_as_math
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+OUTPUTS_ONLY = dict(  # both exports: the project's templates, the cells' outputs without code
+    extra_template_basedirs=[str(TEMPLATES)],
+    exclude_input=True,
+    exclude_input_prompt=True,
+    exclude_output_prompt=True,
+)
 TITLE = "Multi Layer Networks"
 SUBTITLE = "Assignment 2: a multi-layer perceptron for MNIST, from scratch in numpy"
 COURSE = "TDT4265 Computer Vision and Deep Learning"
@@ -396,14 +402,7 @@ def export_pdf(nb, target: Path, tex_copy: Path) -> None:
                 _keep_with_table(nb, index)
         else:
             out["data"] = {"text/latex": mark + fragment}
-    options = dict(
-        template_name="mlp_report",
-        extra_template_basedirs=[str(TEMPLATES)],
-        exclude_input=True,
-        exclude_input_prompt=True,
-        exclude_output_prompt=True,
-        raw_mimetypes=["text/latex"],
-    )
+    options = dict(template_name="mlp_report", raw_mimetypes=["text/latex"], **OUTPUTS_ONLY)
     latex = LatexExporter(**options).from_notebook_node(nb)[0]
     write_atomic(tex_copy, latex)  # for inspection
     exporter = PDFExporter(**options)
@@ -485,14 +484,7 @@ def export_html(nb, target: Path) -> None:
         else:
             out["data"] = {"text/html": block}
     title.source = HTML_STYLE + "\n" + title.source
-    exporter = HTMLExporter(
-        template_name="mlp_html",
-        extra_template_basedirs=[str(TEMPLATES)],
-        exclude_input=True,
-        exclude_input_prompt=True,
-        exclude_output_prompt=True,
-        embed_images=True,
-    )
+    exporter = HTMLExporter(template_name="mlp_html", embed_images=True, **OUTPUTS_ONLY)
     page, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": md["title"]}})
     target.write_text(describe_figures(page, captions))
 

@@ -5,6 +5,7 @@ settings side by side, and errors of one or two lines."""
 
 import errno
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -233,6 +234,40 @@ def test_an_unchanged_build_writes_nothing_and_leaves_no_runtime_files(env, tmp_
     assert again.returncode == 0 and "unchanged, so it was kept" in again.stdout
     assert snapshot() == before
     assert list(Path(env["TMPDIR"]).iterdir()) == []
+
+
+TIMED = [
+    ("markdown", "# Task 9 — A timed network\n\n## Task 9a — Its time"),
+    (
+        "code",
+        "import mlp_core as mlp\n\n"
+        "EXPERIMENTS = rep.experiments({'A': mlp.RunConfig()}, timed=['A'])",
+    ),
+    ("code", "ms = 1000 * rep.epoch_seconds(EXPERIMENTS)['A']"),
+    ("markdown", "**Task 9a.** An epoch takes {eval}`f'{ms:.6f}'` ms."),
+]
+
+
+@needs_pandoc
+def test_a_timing_measured_anew_executes_its_notebook_again(env, tmp_path):
+    """A later build replaces a noisy kept timing by a new measurement: the notebook that states
+    it is executed again, not reused with the old number (it was: the timings were not part of
+    what an executed notebook depends on)."""
+    path = notebook(tmp_path / "nb", "task9_timed", TIMED)
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[2].metadata["tags"] = ["experiments"]
+    nbformat.write(nb, path)
+    out = tmp_path / "out"
+    first = build(env, tmp_path / "nb", out)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    (kept,) = (Path(env["MLP_RUN_STORE"]) / "timings").glob("epoch-*.json")
+    record = json.loads(kept.read_text())
+    assert f"An epoch takes {1000 * record['seconds']:.6f} ms." in (out / "report.html").read_text()
+    kept.write_text(json.dumps(dict(record, seconds=12.345, quiet=True)))  # as a new one is kept
+    again = build(env, tmp_path / "nb", out)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "1 to execute" in again.stdout
+    assert "An epoch takes 12345.000000 ms." in (out / "report.html").read_text()
 
 
 @needs_pandoc
