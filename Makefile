@@ -1,4 +1,4 @@
-# Two commands matter: `make report` builds report/report.pdf and report/report.html,
+# Two commands matter: `make report` builds output/report.pdf and output/report.html,
 # `make test` runs the whole test suite. Both set up everything they need first.
 
 SHELL := /bin/bash
@@ -95,4 +95,4 @@ bench: venv data  ## the speed benchmark: mlp_core against its floor, PyTorch, p
 	$(PY) bench/bench.py $(BENCH_OPTIONS)
 
 clean:  ## remove build products and caches, the run store included (the next report retrains everything)
-	rm -rf report/build report/report.pdf report/report.html .cache .pytest_cache tests/artifacts
+	rm -rf output .cache .pytest_cache tests/artifacts

@@ -7,7 +7,7 @@
     MLP_VERBOSE=1 ...                        # errors with their full traceback
 
 1. Check: the settings, the MNIST files, and that what this build must write can be written
-   (the run store, report/build, the report folder), before any training.
+   (the run store, the build folder, the report folder), before any training.
 2. Plan: the cell tagged `experiments` of every task notebook (notebooks/task*.ipynb) is run on
    its own to list the networks it needs. Runs found in the run store (mlp_runs) are reused; the
    others are trained in one pool of worker processes, under one progress display. The networks
@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
 REPORT = REPO / "report"
 CACHE = REPO / ".cache"
+OUTPUT = REPO / "output"  # where the built report lands
 sys.path.insert(0, str(REPO))
 
 
@@ -142,7 +143,7 @@ def writes_named(out: Path, build: Path):
 def build_folder(smoke: bool, seeds: int) -> Path:
     """Where this build keeps its executed notebooks: one folder per setting, so that builds with
     different settings never remove each other's files."""
-    root = Path(os.environ.get("MLP_REPORT_BUILD") or REPORT / "build")
+    root = Path(os.environ.get("MLP_REPORT_BUILD") or CACHE / "report-build")
     return root / f"{'smoke' if smoke else 'protocol'}-{seeds}-seeds"
 
 
@@ -329,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--notebooks", default=str(NOTEBOOKS), help="folder of the notebooks")
     parser.add_argument("--pattern", default="task*.ipynb", help="which notebooks (a glob)")
-    parser.add_argument("--out", default=str(REPORT), help="folder for report.pdf and report.html")
+    parser.add_argument(
+        "--out", default=str(OUTPUT), help="folder for report.pdf and report.html (output/)"
+    )
     parser.add_argument("--jobs", type=int, default=4, help="notebooks executed at a time")
     args = parser.parse_args(argv)
 

@@ -536,8 +536,8 @@ def test_a_simulated_full_disk_under_out_names_folder_file_and_fix(tmp_path, mon
 
 
 def test_a_simulated_full_disk_in_the_build_folder_names_it(tmp_path, monkeypatch):
-    """A full disk while the build folder is written (inside --out, as report/build is by
-    default): the build folder is named, with its own fix."""
+    """A full disk while the build folder is written (inside --out here; by default
+    it is .cache/report-build): the build folder is named, with its own fix."""
     import build_report
     import export
 
