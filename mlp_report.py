@@ -42,6 +42,7 @@ import pandas as pd
 
 import mlp_core as mlp
 import mlp_runs
+import mlp_store
 
 ALPHA = 0.05  # significance level of the comparison rule
 COMPARISON_RULE = (
@@ -206,12 +207,12 @@ def _timing_probe(config: mlp.RunConfig) -> mlp.RunConfig:
 
 def _timing_path(config: mlp.RunConfig):
     key = json.dumps(
-        {"config": dataclasses.asdict(_timing_probe(config)), "code": mlp_runs.code_digest()},
+        {"config": dataclasses.asdict(_timing_probe(config)), "code": mlp_store.code_digest()},
         sort_keys=True,
     )
     machine = json.dumps(_machine(), sort_keys=True)
     digest = hashlib.sha256((key + machine).encode()).hexdigest()[:24]
-    return mlp_runs.store_dir() / "timings" / f"epoch-{digest}.json"
+    return mlp_store.store_dir() / "timings" / f"epoch-{digest}.json"
 
 
 def _cpu_of_others() -> float | None:

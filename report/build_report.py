@@ -9,7 +9,7 @@
 1. Check: the settings, the MNIST files, and that what this build must write can be written
    (the run store, the build folder, the report folder), before any training.
 2. Plan: the cell tagged `experiments` of every task notebook (notebooks/task*.ipynb) is run on
-   its own to list the networks it needs. Runs found in the run store (mlp_runs) are reused; the
+   its own to list the networks it needs. Runs found in the run store (mlp_store) are reused; the
    others are trained in one pool of worker processes, under one progress display. The networks
    whose time per epoch the text states are then timed one at a time, alone (mlp_report).
 3. The notebooks are executed (up to four at a time) against the store, their inline
@@ -109,8 +109,8 @@ BUILD_FOLDER = ("The build folder", "point MLP_REPORT_BUILD at a writable folder
 
 def writable(folder: Path, kind: tuple[str, str]) -> None:
     """Create `folder` (of REPORT_FOLDER or BUILD_FOLDER `kind`) if needed and write a file in it,
-    or say why not and what to do (mlp_runs.FolderNotWritable)."""
-    import mlp_runs
+    or say why not and what to do (mlp_store.FolderNotWritable)."""
+    import mlp_store
 
     what, fix = kind
     try:
@@ -118,14 +118,14 @@ def writable(folder: Path, kind: tuple[str, str]) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".mlp-write-test-"):
             pass
     except OSError as exc:
-        raise mlp_runs.FolderNotWritable.from_oserror(what, folder, exc, fix) from None
+        raise mlp_store.FolderNotWritable.from_oserror(what, folder, exc, fix) from None
 
 
 @contextlib.contextmanager
 def writes_named(out: Path, build: Path):
     """An OSError writing a file into the build folder `build` or the report folder `out` (a full
     disk, say) becomes a FolderNotWritable naming the folder, the file, the reason and the fix."""
-    import mlp_runs
+    import mlp_store
 
     try:
         yield
@@ -134,7 +134,7 @@ def writes_named(out: Path, build: Path):
         for folder, (what, fix) in ((build, BUILD_FOLDER), (out, REPORT_FOLDER)):  # build first:
             if target is not None and target.is_relative_to(folder):  # it may lie inside out
                 writing = str(target.relative_to(folder))
-                raise mlp_runs.FolderNotWritable.from_oserror(
+                raise mlp_store.FolderNotWritable.from_oserror(
                     what, folder, exc, fix, writing
                 ) from None
         raise
@@ -192,8 +192,9 @@ def train_and_time(configs: list, all_experiments: list, fresh: bool) -> dict:
     summary."""
     import mlp_report
     import mlp_runs
+    import mlp_store
 
-    store = mlp_runs.RunStore()
+    store = mlp_store.RunStore()
     unique = {c.replace(name=""): c for c in configs}
     if fresh:
         for config in unique:

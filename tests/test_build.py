@@ -513,7 +513,7 @@ def test_a_simulated_full_disk_under_out_names_folder_file_and_fix(tmp_path, mon
     import build_report
     import export
 
-    import mlp_runs
+    import mlp_store
 
     out, folder = tmp_path / "out", tmp_path / "build" / "smoke-1-seeds"
     out.mkdir()
@@ -524,7 +524,7 @@ def test_a_simulated_full_disk_under_out_names_folder_file_and_fix(tmp_path, mon
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(export, "export_html", half_written)
-    with pytest.raises(mlp_runs.FolderNotWritable) as failed:
+    with pytest.raises(mlp_store.FolderNotWritable) as failed:
         with build_report.writes_named(out, folder):
             export.export(None, out, folder, pdf=False)
     assert str(failed.value) == (
@@ -541,7 +541,7 @@ def test_a_simulated_full_disk_in_the_build_folder_names_it(tmp_path, monkeypatc
     import build_report
     import export
 
-    import mlp_runs
+    import mlp_store
 
     out = tmp_path / "report"
     folder = out / "build" / "smoke-1-seeds"
@@ -550,7 +550,7 @@ def test_a_simulated_full_disk_in_the_build_folder_names_it(tmp_path, monkeypatc
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(export.os, "fdopen", full)
-    with pytest.raises(mlp_runs.FolderNotWritable) as failed:
+    with pytest.raises(mlp_store.FolderNotWritable) as failed:
         with build_report.writes_named(out, folder):
             export.write_atomic(folder / "report.ipynb", "{}")
     assert str(failed.value) == (

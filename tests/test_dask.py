@@ -24,6 +24,7 @@ import pytest  # noqa: E402
 
 import mlp_core as mlp  # noqa: E402
 import mlp_runs  # noqa: E402
+import mlp_store  # noqa: E402
 
 TINY = dict(n_train=320, n_val=200, max_epochs=2)
 LONG = dict(
@@ -57,7 +58,7 @@ def _fields(h: mlp.History) -> dict:
     """Everything a run computes (not its timings), weights as bytes."""
     return dict(
         config=h.config,
-        lists=[getattr(h, name) for name in mlp_runs._LISTS if not name.endswith("_times")],
+        lists=[getattr(h, name) for name in mlp_store._LISTS if not name.endswith("_times")],
         stop=(h.stop_reason, h.message, h.best_val_loss, h.best_step, h.final),
         weights=[(w.dtype, w.shape, w.tobytes()) for w in h.weights],
     )
@@ -77,15 +78,15 @@ def test_a_dask_sweep_equals_the_local_pool_bit_for_bit(client, tmp_path):
     configs = [mlp.RunConfig(**TINY, seed=s, name=f"seed {s}") for s in (0, 1)]
     configs.append(mlp.RunConfig(**TINY, activation="improved_sigmoid", init="fan_in"))
     on_dask = mlp_runs.run_experiments(
-        configs, store=mlp_runs.RunStore(tmp_path / "dask"), client=client, progress=False
+        configs, store=mlp_store.RunStore(tmp_path / "dask"), client=client, progress=False
     )
     local = mlp_runs.run_experiments(
-        configs, store=mlp_runs.RunStore(tmp_path / "local"), n_jobs=2, progress=False
+        configs, store=mlp_store.RunStore(tmp_path / "local"), n_jobs=2, progress=False
     )
     for a, b in zip(on_dask, local):
         assert a.completed and _fields(a) == _fields(b)
     # stored on the client's side, and found there again without the cluster
-    stored = mlp_runs.RunStore(tmp_path / "dask")
+    stored = mlp_store.RunStore(tmp_path / "dask")
     assert all(config in stored for config in configs)
     again = mlp_runs.run_experiments(configs, store=stored, n_jobs=1, progress=False)
     assert [_fields(h) for h in again] == [_fields(h) for h in on_dask]
@@ -100,7 +101,7 @@ def test_mlp_dask_scheduler_sends_the_sweep_to_that_cluster(client, tmp_path, mo
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     monkeypatch.setattr(sys, "stderr", open(os.devnull, "w"))  # not a terminal: plain lines
     configs = [mlp.RunConfig(**TINY, seed=s) for s in (3, 4)]
-    histories = mlp_runs.run_experiments(configs, store=mlp_runs.RunStore(tmp_path))
+    histories = mlp_runs.run_experiments(configs, store=mlp_store.RunStore(tmp_path))
     sys.stderr.close()
     assert all(h.completed for h in histories)
     where = f"on the Dask cluster at {client.scheduler.address} (2 worker threads now)"
@@ -134,7 +135,7 @@ def test_ctrl_c_cancels_every_dask_task(client, tmp_path):
     try:
         with interrupts.sigint_raises(), pytest.raises(KeyboardInterrupt):
             mlp_runs.run_experiments(
-                configs, store=mlp_runs.RunStore(tmp_path), client=client, progress=False
+                configs, store=mlp_store.RunStore(tmp_path), client=client, progress=False
             )
     finally:
         interrupter.join()
@@ -150,7 +151,7 @@ def test_an_error_on_a_worker_cancels_the_rest(client, tmp_path):
     with pytest.raises(ValueError, match="n_train"):
         mlp_runs.run_experiments(
             [long_run, impossible],
-            store=mlp_runs.RunStore(tmp_path),
+            store=mlp_store.RunStore(tmp_path),
             client=client,
             progress=False,
         )
@@ -162,7 +163,7 @@ def test_a_missing_dask_extra_is_named(tmp_path, monkeypatch, closed_port):
     monkeypatch.setenv("MLP_DASK_SCHEDULER", f"tcp://127.0.0.1:{closed_port}")
     with pytest.raises(ImportError, match=r"dask\[distributed\]: pip install -e '\.\[dask\]'"):
         mlp_runs.run_experiments(
-            [mlp.RunConfig(**TINY)], store=mlp_runs.RunStore(tmp_path), progress=False
+            [mlp.RunConfig(**TINY)], store=mlp_store.RunStore(tmp_path), progress=False
         )
 
 
@@ -185,7 +186,7 @@ def test_a_malformed_scheduler_address_makes_no_client(tmp_path, monkeypatch, ad
     message = f"MLP_DASK_SCHEDULER={address!r} is not a Dask scheduler address ({problem}): "
     with pytest.raises(ValueError, match=re.escape(message + "write it as tcp://host:8786")):
         mlp_runs.run_experiments(
-            [mlp.RunConfig(**TINY)], store=mlp_runs.RunStore(tmp_path), progress=False
+            [mlp.RunConfig(**TINY)], store=mlp_store.RunStore(tmp_path), progress=False
         )
 
 
@@ -200,7 +201,7 @@ def test_an_unreachable_dask_scheduler_is_announced_and_named(
     monkeypatch.setenv("MLP_DASK_TIMEOUT", "2")
     t0 = time.monotonic()
     with pytest.raises(RuntimeError) as failed:
-        mlp_runs.run_experiments([mlp.RunConfig(**TINY)], store=mlp_runs.RunStore(tmp_path))
+        mlp_runs.run_experiments([mlp.RunConfig(**TINY)], store=mlp_store.RunStore(tmp_path))
     seconds = time.monotonic() - t0
     assert capsys.readouterr().err.startswith(
         f"Connecting to the Dask scheduler at {address} (MLP_DASK_SCHEDULER; giving up after 2 s, "
@@ -228,7 +229,7 @@ def test_a_listener_that_never_answers_is_given_up_on(tmp_path, monkeypatch, sil
     def sweep() -> None:
         try:
             mlp_runs.run_experiments(
-                [mlp.RunConfig(**TINY)], store=mlp_runs.RunStore(tmp_path), progress=False
+                [mlp.RunConfig(**TINY)], store=mlp_store.RunStore(tmp_path), progress=False
             )
         except Exception as exc:
             outcome.append(exc)
@@ -262,7 +263,7 @@ def test_the_dask_timeout_is_ten_seconds_unless_set(monkeypatch):
 
 
 def test_nothing_to_train_needs_no_cluster(tmp_path, monkeypatch, closed_port):
-    store = mlp_runs.RunStore(tmp_path)
+    store = mlp_store.RunStore(tmp_path)
     (trained,) = mlp_runs.run_experiments(
         [mlp.RunConfig(**TINY)], store=store, n_jobs=1, progress=False
     )

@@ -24,6 +24,7 @@ import pytest
 
 import mlp_core as mlp
 import mlp_runs
+import mlp_store
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(n_train=320, n_val=200, max_epochs=2)
@@ -32,7 +33,7 @@ WITHIN = 120  # seconds: generous bounds for a busy machine; no verdict depends 
 # a sweep of one run that stops before training until a line on stdin says "go" (or "fail")
 HOLDER = textwrap.dedent("""
     import json, sys
-    import mlp_core as mlp, mlp_runs
+    import mlp_core as mlp, mlp_runs, mlp_store
     real = mlp.train
 
     def held(config, *args, **kwargs):
@@ -43,17 +44,17 @@ HOLDER = textwrap.dedent("""
 
     mlp.train = held
     config = mlp.RunConfig(**json.loads(sys.argv[2]))
-    mlp_runs.run_experiments([config], store=mlp_runs.RunStore(sys.argv[1]), n_jobs=1)
+    mlp_runs.run_experiments([config], store=mlp_store.RunStore(sys.argv[1]), n_jobs=1)
     print("stored", flush=True)
 """)
 
 # a sweep of several runs, in its own process, that reports Ctrl-C
 WAITER = textwrap.dedent("""
     import json, sys
-    import mlp_core as mlp, mlp_runs
+    import mlp_core as mlp, mlp_runs, mlp_store
     configs = [mlp.RunConfig(**fields) for fields in json.loads(sys.argv[2])]
     try:
-        mlp_runs.run_experiments(configs, store=mlp_runs.RunStore(sys.argv[1]), n_jobs=1)
+        mlp_runs.run_experiments(configs, store=mlp_store.RunStore(sys.argv[1]), n_jobs=1)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
         sys.exit(130)
@@ -109,8 +110,8 @@ class Process:
 
 
 @pytest.fixture
-def store(tmp_path) -> mlp_runs.RunStore:
-    return mlp_runs.RunStore(tmp_path / "runs")
+def store(tmp_path) -> mlp_store.RunStore:
+    return mlp_store.RunStore(tmp_path / "runs")
 
 
 def printed(monkeypatch) -> io.StringIO:
@@ -121,7 +122,7 @@ def printed(monkeypatch) -> io.StringIO:
     return text
 
 
-def holding(store: mlp_runs.RunStore, config: mlp.RunConfig) -> Process:
+def holding(store: mlp_store.RunStore, config: mlp.RunConfig) -> Process:
     """Another process whose sweep holds the run of `config`, stopped before its first step."""
     fields = {name: getattr(config, name) for name in (*TINY, "seed")}
     holder = Process(HOLDER, str(store.folder), json.dumps(fields))
@@ -150,7 +151,7 @@ def until(condition, what: str) -> None:
         time.sleep(0.05)
 
 
-def lock_files(store: mlp_runs.RunStore) -> list[str]:
+def lock_files(store: mlp_store.RunStore) -> list[str]:
     return sorted(p.name for p in store.folder.glob("*.lock"))
 
 
@@ -220,7 +221,7 @@ def test_the_lock_of_a_dead_process_is_taken_over_at_once(store, monkeypatch):
 def test_a_lock_file_holding_garbage_is_taken_over_at_once(store, monkeypatch):
     stderr = printed(monkeypatch)
     config = mlp.RunConfig(**TINY, seed=3)
-    lock = mlp_runs._RunLocks(store).path(config)
+    lock = mlp_store.RunLocks(store).path(config)
     lock.parent.mkdir(parents=True)
     lock.write_bytes(b"\x00\xffnot a process id\n" * 100)
     done = []
@@ -235,7 +236,7 @@ def test_a_lock_this_process_holds_is_not_waited_for(store, monkeypatch):
     it too rather than wait for itself; the other sweep's lock stays until it lets go."""
     stderr = printed(monkeypatch)
     config = mlp.RunConfig(**TINY, seed=4)
-    other_sweep = mlp_runs._RunLocks(store)
+    other_sweep = mlp_store.RunLocks(store)
     assert other_sweep.take(config)
     done = []
     mlp_runs.run_experiments(
@@ -270,7 +271,7 @@ def test_ctrl_c_while_waiting_stops_and_leaves_no_lock(store):
     took = time.monotonic() - t0
     print(f"\nCtrl-C while waiting: stopped after {took:.2f} s")
     assert took < 30, f"the wait took {took:.1f} s to stop"  # generous: a busy machine
-    lock = mlp_runs._RunLocks(store)
+    lock = mlp_store.RunLocks(store)
     assert own in store and lock_files(store) == [lock.path(theirs).name]
     assert not lock.take(theirs)  # still the other process's
     holder.say("go")

@@ -26,6 +26,7 @@ import pytest
 
 import mlp_core as mlp
 import mlp_runs
+import mlp_store
 
 QUICK = dict(n_train=640, n_val=500, max_epochs=2)
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ class _Exploit:
 
 @pytest.fixture
 def store(tmp_path):
-    return mlp_runs.RunStore(tmp_path / "runs")
+    return mlp_store.RunStore(tmp_path / "runs")
 
 
 def same_history(a: mlp.History, b: mlp.History) -> bool:
@@ -70,8 +71,8 @@ def test_a_stored_run_is_reused(store, monkeypatch):
 
 def test_the_key_covers_the_config_and_the_core(store):
     a, b = mlp.RunConfig(**QUICK), mlp.RunConfig(**QUICK, seed=1)
-    assert mlp_runs.run_key(a) == mlp_runs.run_key(a.replace(name="x")) != mlp_runs.run_key(b)
-    assert len(mlp_runs.code_digest()) == 64  # sha256 of the modules that compute a run
+    assert mlp_store.run_key(a) == mlp_store.run_key(a.replace(name="x")) != mlp_store.run_key(b)
+    assert len(mlp_store.code_digest()) == 64  # sha256 of the modules that compute a run
 
 
 PROJECT_MODULES = """
@@ -95,16 +96,16 @@ def test_the_code_digest_covers_every_module_a_run_is_computed_with(mnist_path):
         cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
-    assert set(done.stdout.split()) == set(mlp_runs.COMPUTING_MODULES)
+    assert set(done.stdout.split()) == set(mlp_store.COMPUTING_MODULES)
 
 
 def test_the_key_does_not_depend_on_whether_scipy_is_imported():
     """scipy brings its own OpenBLAS, which computes nothing of a run: importing it (the report's
     statistics do) must not change every run's key. It did, and the build retrained."""
     script = (
-        "import mlp_runs; before = mlp_runs.code_digest(); import scipy.stats; "
-        "mlp_runs.code_digest.cache_clear(); print(before == mlp_runs.code_digest(), "
-        "mlp_runs.numpy_blas())"
+        "import mlp_store; before = mlp_store.code_digest(); import scipy.stats; "
+        "mlp_store.code_digest.cache_clear(); print(before == mlp_store.code_digest(), "
+        "mlp_store.numpy_blas())"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO
@@ -114,20 +115,20 @@ def test_the_key_does_not_depend_on_whether_scipy_is_imported():
 
 
 def test_a_change_in_the_training_loop_changes_the_key(monkeypatch, tmp_path):
-    digest = mlp_runs.code_digest()
+    digest = mlp_store.code_digest()
     fake = tmp_path / "repo"
     fake.mkdir()
-    for name in mlp_runs.COMPUTING_MODULES:
+    for name in mlp_store.COMPUTING_MODULES:
         (fake / f"{name}.py").write_bytes((REPO / f"{name}.py").read_bytes())
-    monkeypatch.setattr(mlp_runs, "REPO", fake)
-    mlp_runs.code_digest.cache_clear()
+    monkeypatch.setattr(mlp_store, "REPO", fake)
+    mlp_store.code_digest.cache_clear()
     try:
-        assert mlp_runs.code_digest() == digest
+        assert mlp_store.code_digest() == digest
         (fake / "mlp_train.py").write_text((REPO / "mlp_train.py").read_text() + "\n# edited\n")
-        mlp_runs.code_digest.cache_clear()
-        assert mlp_runs.code_digest() != digest
+        mlp_store.code_digest.cache_clear()
+        assert mlp_store.code_digest() != digest
     finally:
-        mlp_runs.code_digest.cache_clear()
+        mlp_store.code_digest.cache_clear()
 
 
 def test_runs_differing_only_in_name_train_once(store, monkeypatch):
@@ -215,10 +216,10 @@ def test_ctrl_c_stops_a_serial_sweep(store, monkeypatch):
 def test_parallel_runs_equal_serial_runs(tmp_path):
     configs = [mlp.RunConfig(**QUICK, seed=s) for s in (0, 1)]
     serial = mlp_runs.run_experiments(
-        configs, store=mlp_runs.RunStore(tmp_path / "a"), n_jobs=1, progress=False
+        configs, store=mlp_store.RunStore(tmp_path / "a"), n_jobs=1, progress=False
     )
     parallel = mlp_runs.run_experiments(
-        configs, store=mlp_runs.RunStore(tmp_path / "b"), n_jobs=2, progress=False
+        configs, store=mlp_store.RunStore(tmp_path / "b"), n_jobs=2, progress=False
     )
     for a, b in zip(serial, parallel):
         assert a.config == b.config and same_history(a, b)
@@ -226,9 +227,9 @@ def test_parallel_runs_equal_serial_runs(tmp_path):
 
 SWEEP = textwrap.dedent("""
     import sys
-    import mlp_core as mlp, mlp_runs
+    import mlp_core as mlp, mlp_runs, mlp_store
     if __name__ == "__main__":
-        store = mlp_runs.RunStore(sys.argv[1])
+        store = mlp_store.RunStore(sys.argv[1])
         configs = [mlp.RunConfig(seed=s) for s in range(4)]
         try:
             mlp_runs.run_experiments(configs, store=store, progress=False)
@@ -349,8 +350,8 @@ def test_an_unwritable_store_is_named_with_its_reason_and_fix(tmp_path, monkeypa
         monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(1, 1, 0))
     monkeypatch.setenv("MLP_RUN_STORE", str(folder))
     try:
-        with pytest.raises(mlp_runs.RunStoreError) as caught:
-            mlp_runs.RunStore().check_writable([mlp.RunConfig(**QUICK, seed=s) for s in (0, 1)])
+        with pytest.raises(mlp_store.RunStoreError) as caught:
+            mlp_store.RunStore().check_writable([mlp.RunConfig(**QUICK, seed=s) for s in (0, 1)])
     finally:
         if folder.is_dir():
             folder.chmod(0o755)
@@ -362,7 +363,7 @@ def test_an_unwritable_store_is_named_with_its_reason_and_fix(tmp_path, monkeypa
 
 
 def test_a_writable_store_passes_the_check_and_keeps_nothing_of_it(tmp_path):
-    store = mlp_runs.RunStore(tmp_path / "new" / "runs")
+    store = mlp_store.RunStore(tmp_path / "new" / "runs")
     store.check_writable([mlp.RunConfig(**QUICK)])
     assert store.folder.is_dir() and list(store.folder.iterdir()) == []
 
@@ -376,7 +377,7 @@ def test_runs_that_cannot_be_stored_are_used_and_said_once(store, monkeypatch):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         histories = mlp_runs.run_experiments(configs, store=store, n_jobs=1, progress=False)
-    said = [w for w in caught if issubclass(w.category, mlp_runs.RunStoreWarning)]
+    said = [w for w in caught if issubclass(w.category, mlp_store.RunStoreWarning)]
     assert len(said) == 1 and len(caught) == 1
     assert f"run store: {store.folder} cannot be written (the disk is full)" in str(said[0].message)
     assert [h.config for h in histories] == configs and all(h.completed for h in histories)
@@ -414,7 +415,7 @@ def test_a_store_that_seems_too_small_is_still_tried(store, monkeypatch):
 
 def test_an_unwritable_store_is_said_before_any_training(tmp_path, monkeypatch):
     (tmp_path / "runs").write_text("")
-    store = mlp_runs.RunStore(tmp_path / "runs")
+    store = mlp_store.RunStore(tmp_path / "runs")
     seen_before_training = []
     real = mlp_runs._train_quietly
 
@@ -439,7 +440,7 @@ def test_an_unwritable_store_is_said_before_any_training(tmp_path, monkeypatch):
 def good_entry(tmp_path_factory) -> tuple[mlp.RunConfig, bytes]:
     """A stored entry of a quick run (with gradient norms, so every list is filled)."""
     cfg = mlp.RunConfig(**QUICK, record_grad_norms=True)
-    store = mlp_runs.RunStore(tmp_path_factory.mktemp("good"))
+    store = mlp_store.RunStore(tmp_path_factory.mktemp("good"))
     mlp_runs.run_experiments([cfg], store=store, n_jobs=1, progress=False)
     return cfg, store.path(cfg).read_bytes()
 
@@ -483,7 +484,7 @@ ENTRY_DAMAGE = {
 @pytest.mark.parametrize("damage", ["untouched", *ENTRY_DAMAGE])
 def test_an_entry_that_does_not_fit_its_configuration_is_set_aside(tmp_path, good_entry, damage):
     cfg, entry = good_entry
-    store = mlp_runs.RunStore(tmp_path)
+    store = mlp_store.RunStore(tmp_path)
     path = store.path(cfg)
     path.write_bytes(entry)
     if damage == "untouched":  # the rewriting itself leaves a good entry
@@ -494,7 +495,7 @@ def test_an_entry_that_does_not_fit_its_configuration_is_set_aside(tmp_path, goo
     change, reason = ENTRY_DAMAGE[damage]
     _rewrite(path, change)
     with pytest.warns(
-        mlp_runs.RunStoreWarning, match=rf"could not be used \(ValueError: .*{reason}"
+        mlp_store.RunStoreWarning, match=rf"could not be used \(ValueError: .*{reason}"
     ):
         assert store.load(cfg) is None
     assert path.with_suffix(".damaged").exists() and not path.exists()
@@ -520,7 +521,7 @@ def test_a_fifo_in_place_of_an_entry_does_not_block(store):
 @pytest.mark.parametrize("kind", ["a large file", "a zip bomb"])
 def test_an_entry_larger_than_its_configuration_allows_is_not_read(store, kind):
     cfg = mlp.RunConfig(**QUICK)
-    limit = mlp_runs.entry_size_limit(cfg)
+    limit = mlp_store.entry_size_limit(cfg)
     path = store.path(cfg)
     store.folder.mkdir(parents=True)
     if kind == "a large file":
@@ -529,7 +530,7 @@ def test_an_entry_larger_than_its_configuration_allows_is_not_read(store, kind):
     else:  # a small file that would unpack to more than the limit
         np.savez_compressed(path, header=np.array("{}"), w0=np.zeros(limit, np.uint8))
         assert path.stat().st_size < limit
-    with pytest.warns(mlp_runs.RunStoreWarning, match=rf"more than the {limit:,} it may hold"):
+    with pytest.warns(mlp_store.RunStoreWarning, match=rf"more than the {limit:,} it may hold"):
         assert store.load(cfg) is None
 
 
@@ -540,13 +541,13 @@ def test_two_loaders_of_one_damaged_entry_both_go_on(store, monkeypatch):
     mlp_runs.run_experiments([other], store=store, n_jobs=1, progress=False)
     foreign = store.path(other).read_bytes()  # a valid entry of another run: fails in _unpack
     barrier = threading.Barrier(2, timeout=20)
-    real_unpack = mlp_runs._unpack
+    real_unpack = mlp_store._unpack
 
     def unpack_together(data, config):
         barrier.wait()
         return real_unpack(data, config)
 
-    monkeypatch.setattr(mlp_runs, "_unpack", unpack_together)
+    monkeypatch.setattr(mlp_store, "_unpack", unpack_together)
     for _round in range(10):
         store.path(cfg).write_bytes(foreign)
         outcomes, errors = [], []
@@ -721,7 +722,7 @@ def test_a_parallel_sweep_reports_steps_from_its_workers(tmp_path, monkeypatch, 
     monkeypatch.setattr(mlp_runs.SweepProgress, "reported", reported)
     monkeypatch.setattr(mlp_runs.SweepProgress, "_draw", draw)
     configs = [mlp.RunConfig(**QUICK, seed=s) for s in (0, 1)]
-    histories = mlp_runs.run_experiments(configs, store=mlp_runs.RunStore(tmp_path), n_jobs=2)
+    histories = mlp_runs.run_experiments(configs, store=mlp_store.RunStore(tmp_path), n_jobs=2)
     for index, hist in enumerate(histories):  # the steps at its last validation came back
         assert (index, hist.val_steps[-1] + 1, hist.best_step) in reports
     assert shown[0][0].startswith("0/2 runs done, 2 to go, 00:00 elapsed")
