@@ -535,20 +535,22 @@ def dask_scheduler() -> str:
     address = os.environ.get("MLP_DASK_SCHEDULER", "").strip()
     if not address:
         return ""
-    _import_distributed()
-    from distributed.comm.addressing import parse_address
-    from distributed.comm.registry import backends
-
+    scheme, sep, location = address.partition("://")  # as dask parses it: tcp:// by default
+    if not sep:
+        scheme, location = "tcp", address
     try:
-        scheme, location = parse_address(address, strict=False)
-        if scheme not in backends:
-            raise ValueError(f"unknown scheme {scheme}://")
         if scheme in ("tcp", "tls", "ws", "wss"):
             _host, colon, port = location.rpartition(":")
             if not colon:
                 raise ValueError("it names no host:port")
             if not (port.isascii() and port.isdigit() and 0 < int(port) < 2**16):
                 raise ValueError(f"the port {port!r} is not a number from 1 to 65535")
+        else:  # another of dask's transports (inproc, ucx, ...): only dask knows them
+            _import_distributed()
+            from distributed.comm.registry import backends
+
+            if scheme not in backends:
+                raise ValueError(f"unknown scheme {scheme}://")
     except ValueError as exc:
         raise ValueError(
             f"MLP_DASK_SCHEDULER={address!r} is not a Dask scheduler address ({exc}): write it as "

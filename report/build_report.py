@@ -336,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=4, help="notebooks executed at a time")
     args = parser.parse_args(argv)
+    config = settings()  # first: a bad setting is named before the slower imports below
 
     from export import (
         build_note,
@@ -347,7 +348,6 @@ def main(argv: list[str] | None = None) -> int:
         write_atomic,
     )
 
-    config = settings()
     _environment()
     warnings.showwarning = _show_warning
     paths = sorted(Path(args.notebooks).glob(args.pattern))
