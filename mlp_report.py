@@ -267,6 +267,18 @@ def epoch_seconds(exps: Experiments, measure: bool = True, fresh: bool = False) 
     return seconds
 
 
+def kept_timings(exps: Experiments) -> dict[str, float | str | None]:
+    """What is kept of each timed network's timing: its seconds when measured on a quiet machine,
+    "noisy" when other work ran beside it, None when missing. The build executes a notebook
+    again when this changes: a noisy number is replaced by a quiet one, not by another noisy
+    one (on a machine that is always busy, every build would otherwise execute it again)."""
+    kept = {label: _kept_timing(exps.networks[label]) for label in exps.timed}
+    return {
+        label: None if k is None else k["seconds"] if k["quiet"] else "noisy"
+        for label, k in kept.items()
+    }
+
+
 def _kept_timing(config: mlp.RunConfig) -> dict | None:
     try:
         kept = json.loads(_timing_path(config).read_text())

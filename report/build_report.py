@@ -55,6 +55,25 @@ class BuildError(RuntimeError):
     """A problem the user can fix; its message says what and how."""
 
 
+class _Interrupts:
+    """Whether Ctrl-C has reached the build. A SIGINT that lands inside numpy's C-extension
+    import comes out as numpy's ImportError ("Importing the numpy C-extensions failed"), without
+    the KeyboardInterrupt; the build still ends as interrupted, not as a broken installation."""
+
+    seen = False
+
+    @classmethod
+    def install(cls) -> None:
+        cls.seen = False
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # an ignore is kept
+            signal.signal(signal.SIGINT, cls._raise)
+
+    @classmethod
+    def _raise(cls, signum, frame):
+        cls.seen = True
+        raise KeyboardInterrupt
+
+
 def say(text: str = "") -> None:
     print(text, flush=True)
 
@@ -253,7 +272,7 @@ def project_modules(text: str, found: set[str] | None = None) -> set[str]:
 def source_key(path: Path) -> str:
     """What an executed notebook depends on: its source, the project modules it imports (whose
     code covers the run store's keys) and the kept timings of its timed networks, which a later
-    build may measure anew. The settings choose the build folder."""
+    build may measure anew (mlp_report.kept_timings). The settings choose the build folder."""
     import nbformat
 
     import mlp_report
@@ -267,8 +286,7 @@ def source_key(path: Path) -> str:
         digest.update((REPORT / helper).read_bytes())
     exps = notebook_experiments(path)
     if exps is not None and exps.timed:
-        kept = mlp_report.epoch_seconds(exps, measure=False)
-        digest.update(json.dumps(kept, sort_keys=True).encode())
+        digest.update(json.dumps(mlp_report.kept_timings(exps), sort_keys=True).encode())
     return digest.hexdigest()
 
 
@@ -445,8 +463,14 @@ def run(argv: list[str] | None = None) -> int:
     """main() with the build's way of ending: one or two lines for any problem (the traceback too
     with MLP_VERBOSE=1), exit code 130 on Ctrl-C with nothing half-written."""
     verbose = os.environ.get("MLP_VERBOSE", "").strip().lower() in ("1", "true", "yes", "on")
+    _Interrupts.install()
     try:
-        return main(argv)
+        try:
+            return main(argv)
+        except Exception:
+            if _Interrupts.seen:  # the error of something Ctrl-C cut short
+                raise KeyboardInterrupt from None
+            raise
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C cannot cut the clean-up
         say(
