@@ -46,7 +46,7 @@ def client():
             processes=True,
             threads_per_worker=1,
             host="127.0.0.1",
-            dashboard_address=":0",  # a free port: 8787 may be taken (another cluster, a suite)  # a free port: 8787 may be taken (another cluster, a suite)
+            dashboard_address=":0",  # a free port: 8787 may be taken (another cluster, a suite)
             local_directory=str(scratch),
             silence_logs=logging.ERROR,
         )
