@@ -357,6 +357,22 @@ def _no_interrupts():
         previous(*caught[0])  # the default handler raises KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _spawning_workers():
+    """Worker processes start with SIGINT blocked, a mask they inherit from the thread that
+    spawns them: a Ctrl-C that reaches them while they still import (before _worker_init ignores
+    it) would print a traceback from the middle of their start-up. In this process a Ctrl-C is
+    only held back while it spawns, and raised right after."""
+    if not hasattr(signal, "pthread_sigmask"):  # not POSIX
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _train_here(todo: list[mlp.RunConfig], progress: SweepProgress) -> Iterator[mlp.History]:
     """Train every config in this process, one after the other."""
     for index, config in enumerate(todo):
@@ -391,7 +407,8 @@ def _train_in_pool(
         while waiting or running:
             while waiting and len(running) < n_jobs:
                 index, config = waiting.pop(0)
-                running[pool.submit(_train_in_worker, config, index)] = index
+                with _spawning_workers():  # submit starts a worker when none is idle
+                    running[pool.submit(_train_in_worker, config, index)] = index
                 progress.started(index)
             for index in running.values():
                 if reports[2 * index] > 0:
