@@ -10,6 +10,7 @@ took (`assert_default`, `wait_until_caught`) from the kernel's own record (/proc
 
 import contextlib
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -57,3 +58,20 @@ def sigint_raises():
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def start_in_own_session(command: list[str], **popen) -> subprocess.Popen:
+    """`command` in a session of its own (so a test can send SIGINT to its whole group, as a
+    terminal does), with the default dispositions, its output as text; returned once its SIGINT
+    handler is in place."""
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        preexec_fn=default_dispositions,
+        **popen,
+    )
+    wait_until_caught(proc.pid, signal.SIGINT)
+    return proc

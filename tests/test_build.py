@@ -435,17 +435,9 @@ def test_ctrl_c_in_the_first_second_is_one_line(env, tmp_path):
     it), and the signal is sent once its handler is in place."""
     notebook(tmp_path / "nb", "task9_tiny")
     command = [sys.executable, str(BUILD), "--notebooks", str(tmp_path / "nb")]
-    proc = subprocess.Popen(
-        command + ["--out", str(tmp_path / "out")],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=interrupts.default_dispositions,
+    proc = interrupts.start_in_own_session(
+        command + ["--out", str(tmp_path / "out")], cwd=REPO, env=env
     )
-    interrupts.wait_until_caught(proc.pid, signal.SIGINT)
     time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)
     out, _ = proc.communicate(timeout=60)

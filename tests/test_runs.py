@@ -254,6 +254,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _start_sweep(script: Path, store: Path) -> subprocess.Popen:
+    """The sweep script in its own session, SIGINT at its default whatever the suite inherited."""
+    return interrupts.start_in_own_session([sys.executable, str(script), str(store)], cwd=REPO)
+
+
 @pytest.mark.slow
 def test_sigint_while_the_workers_start_prints_no_traceback(tmp_path, mnist_path):
     """Ctrl-C 0.1 s after the worker processes appear, while they still import: the sweep ends
@@ -262,16 +267,7 @@ def test_sigint_while_the_workers_start_prints_no_traceback(tmp_path, mnist_path
     script = tmp_path / "sweep.py"
     script.write_text(SWEEP)
     for trial in range(3):
-        proc = subprocess.Popen(
-            [sys.executable, str(script), str(tmp_path / f"runs-{trial}")],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-            preexec_fn=interrupts.default_dispositions,
-        )
-        interrupts.wait_until_caught(proc.pid, signal.SIGINT)
+        proc = _start_sweep(script, tmp_path / f"runs-{trial}")
         deadline = time.monotonic() + 60
         while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -285,16 +281,7 @@ def test_sigint_while_the_workers_start_prints_no_traceback(tmp_path, mnist_path
 def test_sigint_ends_a_parallel_sweep_within_seconds(tmp_path, mnist_path):
     script = tmp_path / "sweep.py"
     script.write_text(SWEEP)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "runs")],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-        preexec_fn=interrupts.default_dispositions,  # whatever the suite inherited
-    )
-    interrupts.wait_until_caught(proc.pid, signal.SIGINT)
+    proc = _start_sweep(script, tmp_path / "runs")
     deadline = time.monotonic() + 60
     while len(_children(proc.pid)) < 2 and time.monotonic() < deadline:  # the workers have started
         time.sleep(0.2)
