@@ -144,36 +144,27 @@ class MLP:
         """The class probabilities y_hat = softmax(z_L) of the inputs X (N, 785)."""
         return softmax_and_losses(self.logits(X, buffers))[0]
 
-    def logits(
-        self,
-        X: np.ndarray,
-        buffers: Buffers | None = None,
-        *,
-        start: int = 0,
-        first_blocks: Sequence[tuple[int, int]] | None = None,
-    ) -> np.ndarray:
+    def logits(self, X: np.ndarray, buffers: Buffers | None = None, *, start: int = 0):
         """The forward pass: the logits z_L of the inputs X. z_l = a_{l-1} W_l for every layer,
         a_l = f(z_l) for the hidden ones, a_0 = X.
 
         Every layer's output is written into `buffers` (new ones if none are given): what
         backward needs. `start`: X is the input of W[start] (a hidden layer's output) instead of
-        the images. `first_blocks`: the first layer's product and activation are taken over
-        these row ranges in turn, whose inputs then stay in the CPU cache (evaluations)."""
+        the images."""
         X = check_inputs(X, self.shapes[start][0], self.dtype)
+        n = len(X)
         if buffers is None:
-            buffers = self._last = Buffers(self, len(X))
-        buffers.x = X
-        a = X
-        last = len(self.weights) - 1
-        for l in range(start, last + 1):
-            out = buffers.outputs[l][: len(X)]
-            for lo, hi in first_blocks if l == start and first_blocks else [(0, len(X))]:
-                # (rows, fan_in) @ (fan_in, fan_out) -> (rows, fan_out)
-                z = np.matmul(a[lo:hi], self.weights[l], out=out[lo:hi])
-                if l < last:
-                    self.f(z, out=z)
-            a = out
+            buffers = self._last = Buffers(self, n)
+        buffers.x = a = X
+        for l in range(start, len(self.weights)):
+            a = self.layer(l, a, out=buffers.outputs[l][:n])
         return a
+
+    def layer(self, l: int, a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The output of layer l for its input a: f(a W_l) if it is hidden, a W_L (the logits)
+        if it is the last. Written into `out` when given."""
+        z = np.dot(a, self.weights[l], out=out)  # (rows, fan_in) @ (fan_in, fan_out)
+        return self.f(z, out=z) if l < len(self.weights) - 1 else z
 
     def backward(
         self, y_hat: np.ndarray, Y: np.ndarray, buffers: Buffers | None = None
@@ -194,9 +185,9 @@ class MLP:
         for l in range(len(self.weights) - 1, -1, -1):
             a_in = buffers.x if l == 0 else buffers.outputs[l - 1][:n]  # the input of W_l
             # (fan_in, N) @ (N, fan_out) -> (fan_in, fan_out)
-            np.matmul(a_in.T, delta, out=buffers.grads[l])
+            np.dot(a_in.T, delta, out=buffers.grads[l])
             if l > 0:  # delta_j = f'(z_j) sum_k w_kj delta_k, with f'(z_j) from a_j = f(z_j)
-                delta = np.matmul(delta, self.weights[l].T, out=buffers.deltas[l - 1][:n])
+                delta = np.dot(delta, self.weights[l].T, out=buffers.deltas[l - 1][:n])
                 delta *= self.slope(a_in, out=buffers.slopes[l - 1][:n])
         return buffers.grads
 

@@ -217,7 +217,10 @@ def _row_blocks(n: int, rows: int) -> list[tuple[int, int]]:
 def _evaluate_chunk(model: MLP, X, labels, buffers: EvaluationBuffers) -> tuple[float, int]:
     """Summed cross-entropy and number of correct predictions on up to buffers.rows images."""
     n = len(X)
-    logits = model.logits(X, buffers, first_blocks=_row_blocks(n, EVAL_BLOCK))
+    first = buffers.outputs[0][:n]  # the first layer block by block: its inputs stay in the cache
+    for lo, hi in _row_blocks(n, EVAL_BLOCK):
+        model.layer(0, X[lo:hi], out=first[lo:hi])
+    logits = model.logits(first, buffers, start=1) if len(model.weights) > 1 else first
     correct = int(np.count_nonzero(logits.argmax(axis=1) == labels))
     # numpy sums along long contiguous rows far faster than across many short ones
     logits_t = buffers.logits_t[:, :n]
@@ -240,13 +243,14 @@ def evaluate(
     `should_stop()` is asked before every chunk; when it is true, StopRequested is raised."""
     if len(split) == 0:
         raise ValueError("evaluate needs a non-empty split")
+    X = rules.check_inputs(split.X, model.input_size, model.dtype)  # as the network's dtype
     buffers = buffers or EvaluationBuffers(model, min(evaluation_rows(model), len(split)))
 
     def chunk_results():
         for rows in _chunks(split, buffers.rows):
             if should_stop is not None and should_stop():
                 raise StopRequested
-            yield _evaluate_chunk(model, split.X[rows], split.labels[rows], buffers)
+            yield _evaluate_chunk(model, X[rows], split.labels[rows], buffers)
 
     return _totals(chunk_results(), len(split))
 
