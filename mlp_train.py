@@ -9,7 +9,7 @@ History of everything the run recorded. Every step and every evaluation calls th
 backward pass of mlp_core.MLP.
 
 The speed lives here, not in the core: evaluations go in chunks (each chunk's first-layer product
-in cache-sized blocks, an option of the forward pass), BLAS runs on one thread (a step's products
+in cache-sized blocks, one MLP.layer call each), BLAS runs on one thread (a step's products
 are too small to share), and a run that trains alone validates on a second core while its steps
 go on: the History and weights are those of the serial path, bit for bit.
 """
