@@ -160,6 +160,25 @@ def test_backward_against_an_independent_implementation():
         np.testing.assert_allclose(model.hidden_outputs(X)[1], A2, rtol=1e-12)
 
 
+def test_the_forward_pass_is_its_layers_one_after_another():
+    """logits() is MLP.layer applied layer by layer, each into its buffer: f(a W) for the hidden
+    layers, a W for the last; `start` begins at a hidden layer's output."""
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((6, 12)).astype(np.float32)
+    model = mlp.MLP([7, 5, 10], input_size=12, rng=2)
+    W1, W2, W3 = model.weights
+    a1 = model.layer(0, X)
+    np.testing.assert_array_equal(a1, mlp.sigmoid(X @ W1))
+    a2 = model.layer(1, a1)
+    np.testing.assert_array_equal(model.layer(2, a2), a2 @ W3)
+    buffers = mlp.Buffers(model, len(X))
+    np.testing.assert_array_equal(model.logits(X, buffers), model.layer(2, a2))
+    np.testing.assert_array_equal(buffers.outputs[0], a1)
+    np.testing.assert_array_equal(model.logits(a1, start=1), model.layer(2, a2))
+    out = np.empty((6, 7), np.float32)
+    assert model.layer(0, X, out=out) is out
+
+
 def test_a_training_step_uses_the_backward_pass(small_data):
     """One step of train() moves every weight by exactly lr times MLP.backward's gradient on the
     first batch: training and MLP.backward are one implementation."""

@@ -31,6 +31,17 @@ def test_protocol_cadence(small_data):
     assert h.final["val_loss"] == pytest.approx(loss) and h.final["val_acc"] == pytest.approx(acc)
 
 
+def test_evaluate_takes_a_split_as_the_networks_dtype(small_data):
+    """A float32 split evaluated by a float64 network is taken as float64 (as the forward pass
+    takes its inputs), and a split of the wrong width is named."""
+    model = mlp.MLP([16, 10], dtype="float64", rng=0)
+    val = small_data.val
+    as64 = mlp.Split(val.X.astype(np.float64), val.Y, val.labels)
+    assert mlp.evaluate(model, val) == mlp.evaluate(model, as64)
+    with pytest.raises(ValueError, match=r"shape \(N, 785\)"):
+        mlp.evaluate(model, mlp.Split(val.X[:, :-1], val.Y, val.labels))
+
+
 def test_the_full_protocol_numbers():
     cfg = mlp.RunConfig()
     assert (cfg.steps_per_epoch, cfg.validation_interval, cfg.batch_size, cfg.learning_rate) == (
