@@ -144,7 +144,9 @@ class MLP:
         """The class probabilities y_hat = softmax(z_L) of the inputs X (N, 785)."""
         return softmax_and_losses(self.logits(X, buffers))[0]
 
-    def logits(self, X: np.ndarray, buffers: Buffers | None = None, *, start: int = 0):
+    def logits(
+        self, X: np.ndarray, buffers: Buffers | None = None, *, start: int = 0
+    ) -> np.ndarray:
         """The forward pass: the logits z_L of the inputs X. z_l = a_{l-1} W_l for every layer,
         a_l = f(z_l) for the hidden ones, a_0 = X.
 
