@@ -87,3 +87,31 @@ def test_floor_alone_runs(mnist_path):
     for network in ("[64]", "[128]", "10 x [64]"):
         assert f"{network}: floor " in done.stdout
     assert "steps: forward product 1" in done.stdout and "validations: product 1" in done.stdout
+
+
+def _rounds(*epochs: float, **extra) -> list[dict]:
+    return [{"epoch": e, "steps": e / 3, **extra} for e in epochs]
+
+
+@pytest.mark.parametrize(
+    "torch_epochs, verdict",
+    [
+        ((0.74, 0.76, 0.80), "1.520 × (rounds 1.48–1.60), met"),  # median of the rounds' ratios
+        ((0.74, 0.745, 0.80), "1.490 × (rounds 1.48–1.60), NOT met"),
+    ],
+)
+def test_the_pytorch_verdict_gives_three_decimals_and_the_rounds_range(torch_epochs, verdict):
+    import bench as bench_module
+
+    results = {
+        "[64]": {
+            "floor": _rounds(0.45, 0.45, 0.45),
+            "mlp_core": _rounds(0.5, 0.5, 0.5),
+            "torch": _rounds(*torch_epochs, torch="2.13.0"),
+        }
+    }
+    lines = bench_module.report(results, "a title")
+    assert lines[-1] == (
+        "targets: [64] at most 1.25 × the floor: 1.11 ×, met; "
+        f"[64] at least 1.5 × faster than PyTorch: {verdict}"
+    )
