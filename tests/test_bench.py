@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench" / "bench.py"
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench import runnable_kernels  # noqa: E402
+from bench import report, runnable_kernels  # noqa: E402
 
 
 def bench(*args: str) -> subprocess.CompletedProcess:
@@ -101,8 +101,6 @@ def _rounds(*epochs: float, **extra) -> list[dict]:
     ],
 )
 def test_the_pytorch_verdict_gives_three_decimals_and_the_rounds_range(torch_epochs, verdict):
-    import bench as bench_module
-
     results = {
         "[64]": {
             "floor": _rounds(0.45, 0.45, 0.45),
@@ -110,7 +108,7 @@ def test_the_pytorch_verdict_gives_three_decimals_and_the_rounds_range(torch_epo
             "torch": _rounds(*torch_epochs, torch="2.13.0"),
         }
     }
-    lines = bench_module.report(results, "a title")
+    lines = report(results, "a title")
     assert lines[-1] == (
         "targets: [64] at most 1.25 × the floor: 1.11 ×, met; "
         f"[64] at least 1.5 × faster than PyTorch: {verdict}"
